@@ -1,0 +1,140 @@
+"""CPU runtime: runs verl 0.9.1's real trainer on a machine without a GPU.
+
+Switched on only by the environment variable ``EXGRPO_CPU_RUNTIME=1`` (set it for the whole
+run: every process that imports verl, Ray workers included, reads it). Without it nothing in
+this package is imported or registered, so GPU runs are untouched.
+
+What `activate()` does, each for a failure stock verl meets on a CPU-only machine:
+- selects the `cpu` platform (device "cpu", gloo collectives, zero memory statistics);
+- turns the backend string verl builds, "cpu:gloo,cpu:gloo", into plain "gloo";
+- registers verl's FSDP engines for the "cpu" device, behind a check that refuses settings
+  the CPU cannot run (FSDP1, flash-attention, padding removal) with the fix;
+- makes FSDP2's CPU offload policy never pin memory (pinning needs an accelerator);
+- registers the `hf` rollout backend (`rollout.name=hf`), see `hf_rollout.py`.
+
+The Ray cluster needs a fake GPU per actor worker and enough CPU slots for TransferQueue:
+`trainer_configs/cpu_runtime.yaml` carries those settings for a CPU run.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+SWITCH_ENV = "EXGRPO_CPU_RUNTIME"
+ROLLOUT_NAME = "hf"
+
+_active = False
+
+
+def requested() -> bool:
+    return os.environ.get(SWITCH_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_active() -> bool:
+    return _active
+
+
+def activate() -> None:
+    """Install the CPU runtime into this process. Idempotent."""
+    global _active
+    if _active:
+        return
+    os.environ["VERL_PLATFORM"] = "cpu"
+    from exgrpo_verl.cpu_runtime import platform  # noqa: F401  (registers the platform)
+
+    _use_plain_gloo_backend()
+    _register_cpu_fsdp_engines()
+    _never_pin_memory()
+    _register_hf_rollout()
+    _active = True
+
+
+def normalise_backend(backend: str | None) -> str | None:
+    """verl asks for "cpu:gloo,<device>:<backend>"; on the CPU that names gloo twice, which
+    torch rejects. Map any backend string whose parts are all gloo to "gloo"."""
+    if backend is None:
+        return None
+    parts = {part.split(":")[-1] for part in backend.split(",")}
+    return "gloo" if parts == {"gloo"} else backend
+
+
+def _use_plain_gloo_backend() -> None:
+    import torch.distributed
+
+    original = torch.distributed.init_process_group
+    if getattr(original, "_exgrpo_cpu", False):
+        return
+
+    @functools.wraps(original)
+    def init_process_group(*args, backend=None, **kwargs):
+        return original(*args, backend=normalise_backend(backend), **kwargs)
+
+    init_process_group._exgrpo_cpu = True
+    torch.distributed.init_process_group = init_process_group
+
+
+def check_engine_config(model_config, engine_config) -> None:
+    """Refuse FSDP settings that need a GPU, naming the key and the fix."""
+    strategy = getattr(engine_config, "strategy", None)
+    if strategy != "fsdp2":
+        raise ValueError(
+            f"actor_rollout_ref.actor.strategy={strategy}: FSDP1 cannot start without a GPU "
+            "(sync_module_states); set actor_rollout_ref.actor.strategy=fsdp2 "
+            "(and actor_rollout_ref.ref.strategy=fsdp2 when a reference model is used)"
+        )
+    attn = (getattr(model_config, "override_config", None) or {}).get("attn_implementation", "flash_attention_2")
+    if "flash" in str(attn):
+        raise ValueError(
+            f"actor_rollout_ref.model.override_config.attn_implementation={attn}: flash-attention needs a GPU; "
+            "set +actor_rollout_ref.model.override_config.attn_implementation=sdpa"
+        )
+    if getattr(engine_config, "use_remove_padding", False):
+        raise ValueError(
+            "actor_rollout_ref.model.use_remove_padding=True: padding removal needs flash-attention's varlen "
+            "kernels; set actor_rollout_ref.model.use_remove_padding=False"
+        )
+
+
+def _register_cpu_fsdp_engines() -> None:
+    from verl.workers.engine.base import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+
+    def checked(engine_cls):
+        class CPUChecked(engine_cls):
+            def __init__(self, model_config, engine_config, *args, **kwargs):
+                check_engine_config(model_config, engine_config)
+                super().__init__(model_config, engine_config, *args, **kwargs)
+
+        CPUChecked.__name__ = CPUChecked.__qualname__ = f"CPU{engine_cls.__name__}"
+        return CPUChecked
+
+    for model_type, engine_cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
+        EngineRegistry.register(model_type=model_type, backend=["fsdp", "fsdp2"], device="cpu")(checked(engine_cls))
+
+
+def _never_pin_memory() -> None:
+    from verl.workers.engine.fsdp import transformer_impl
+
+    policy_cls = transformer_impl.CPUOffloadPolicy
+    if getattr(policy_cls, "_exgrpo_cpu", False):
+        return
+
+    def unpinned_offload_policy(pin_memory: bool = True):
+        return policy_cls(pin_memory=False)
+
+    unpinned_offload_policy._exgrpo_cpu = True
+    transformer_impl.CPUOffloadPolicy = unpinned_offload_policy
+
+
+def _register_hf_rollout() -> None:
+    from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    def load_replica():
+        from exgrpo_verl.cpu_runtime.hf_rollout import HFRolloutReplica
+
+        return HFRolloutReplica
+
+    _ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "exgrpo_verl.cpu_runtime.hf_rollout.HFServerAdapter"
+    RolloutReplicaRegistry.register(ROLLOUT_NAME, load_replica)

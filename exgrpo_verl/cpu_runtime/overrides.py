@@ -1,0 +1,72 @@
+"""Hydra overrides that make verl's `main_ppo` run on a CPU-only machine with our runtime.
+
+Each line answers one obstacle listed in the CPU runtime's docstring; `cpu_run_overrides`
+returns them for a model, data files and a run size, so the CPU recipes, the demo and the
+end-to-end tests build their command lines from one place.
+"""
+
+from __future__ import annotations
+
+# Settings that any CPU run needs, whatever the model and the algorithm.
+CPU_RUNTIME_OVERRIDES = [
+    "trainer.device=cpu",
+    "trainer.n_gpus_per_node=1",
+    "trainer.nnodes=1",
+    # Ray: one fake GPU for the actor worker; enough CPU slots for TransferQueue's actors.
+    "+ray_kwargs.ray_init.num_gpus=1",
+    "ray_kwargs.ray_init.num_cpus=32",
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+    # FSDP on CPU: FSDP2, SDPA attention, no padding removal (flash-attention only).
+    "actor_rollout_ref.actor.strategy=fsdp2",
+    "actor_rollout_ref.ref.strategy=fsdp2",
+    "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+    "actor_rollout_ref.model.use_remove_padding=False",
+    # The CPU rollout backend.
+    "actor_rollout_ref.rollout.name=hf",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+    "actor_rollout_ref.rollout.calculate_log_probs=True",
+    "actor_rollout_ref.rollout.agent.num_workers=1",
+    "reward.num_workers=1",
+    "data.dataloader_num_workers=0",
+]
+
+
+def cpu_run_overrides(
+    model_path: str,
+    train_files: str,
+    val_files: str,
+    *,
+    batch_size: int = 4,
+    rollouts_per_question: int = 4,
+    max_prompt_length: int = 64,
+    max_response_length: int = 16,
+    total_steps: int = 3,
+    output_dir: str = "outputs/cpu_run",
+    reward_path: str | None = None,
+    reward_name: str = "compute_score",
+) -> list[str]:
+    """Overrides for a small CPU run: model, data, sizes, logging and output locations."""
+    overrides = CPU_RUNTIME_OVERRIDES + [
+        f"actor_rollout_ref.model.path={model_path}",
+        f"data.train_files={train_files}",
+        f"data.val_files={val_files}",
+        f"data.train_batch_size={batch_size}",
+        f"data.max_prompt_length={max_prompt_length}",
+        f"data.max_response_length={max_response_length}",
+        f"actor_rollout_ref.rollout.n={rollouts_per_question}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={batch_size}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={batch_size * rollouts_per_question}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={batch_size * rollouts_per_question}",
+        "actor_rollout_ref.rollout.gpu_memory_utilization=0.1",
+        f"trainer.total_training_steps={total_steps}",
+        "trainer.logger=[console]",
+        "trainer.val_before_train=False",
+        "trainer.test_freq=-1",
+        "trainer.resume_mode=disable",
+        f"trainer.default_local_dir={output_dir}/checkpoints",
+        "trainer.project_name=exgrpo_cpu",
+        "trainer.experiment_name=cpu_run",
+    ]
+    if reward_path:
+        overrides += [f"reward.custom_reward_function.path={reward_path}", f"reward.custom_reward_function.name={reward_name}"]
+    return overrides

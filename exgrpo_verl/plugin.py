@@ -1,0 +1,27 @@
+"""verl plugin entry point (`verl.plugins` group): registers exgrpo-verl in every process.
+
+`import verl` loads this module in the driver, the task runner and every Ray worker. verl
+swallows a plugin's import error at DEBUG level, so a failure here is logged at ERROR with
+its traceback and re-raised: a run must never go on silently without its components.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger("exgrpo_verl")
+
+
+def register_all() -> None:
+    """Register our components with verl's registries. Idempotent."""
+    from exgrpo_verl import cpu_runtime
+
+    if cpu_runtime.requested():
+        cpu_runtime.activate()
+
+
+try:
+    register_all()
+except Exception:
+    logger.exception("exgrpo-verl: registering the verl plugin failed; ExGRPO components are unavailable")
+    raise

@@ -1,0 +1,1 @@
+"""Synthetic tasks with verifiable rewards, small enough for a tiny model on a CPU."""

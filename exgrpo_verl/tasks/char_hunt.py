@@ -1,0 +1,51 @@
+"""Character hunt: a toy verifiable-reward task that a tiny random model sometimes solves.
+
+Each question names a target character; the reward is 1 when the response contains it.
+Targets are drawn from groups that an untrained tiny model (byte-level BPE, ~460 tokens)
+hits at different rates, from ~40% for digits to ~5% for punctuation, so questions land in
+every accuracy bucket and RL can raise the rates. That is what the ExGRPO machinery needs
+to be exercised end to end: partly-solved questions, retirements and a rising solve rate.
+
+Rows follow verl's parquet schema (data_source, prompt, ability, reward_model, extra_info)
+and the reward function has verl's `compute_score` signature.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+DATA_SOURCE = "char_hunt"
+# Target groups from frequent to rare under an untrained tiny model.
+TARGET_GROUPS = ("0123456789", "bvgq", "wkx", "(\\+=")
+
+
+def make_rows(num_questions: int, seed: int = 0, split: str = "train", first_index: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for offset in range(num_questions):
+        target = rng.choice(TARGET_GROUPS[offset % len(TARGET_GROUPS)])
+        rows.append(
+            {
+                "data_source": DATA_SOURCE,
+                "prompt": [{"role": "user", "content": f"Write the character {target} somewhere in your answer."}],
+                "ability": "toy",
+                "reward_model": {"ground_truth": target, "style": "rule"},
+                "extra_info": {"index": first_index + offset, "split": split},
+            }
+        )
+    return rows
+
+
+def write_parquet(path: str | Path, num_questions: int, seed: int = 0, split: str = "train", first_index: int = 0) -> Path:
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(make_rows(num_questions, seed, split, first_index)).to_parquet(path)
+    return path
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
+    """1.0 when the response contains the target character, else 0.0."""
+    return 1.0 if ground_truth and ground_truth in solution_str else 0.0

@@ -1,0 +1,40 @@
+"""exgrpo-verl: ExGRPO (Learning to Reason from Experience) as a plugin for verl 0.9.1."""
+
+from setuptools import find_packages, setup
+
+# The V1 trainer imports TransferQueue and friends, which only verl's `verl-core` extra brings;
+# that extra also pins a CUDA torch, so CPU machines list the pieces themselves.
+V1_TRAINER_IMPORTS = [
+    "TransferQueue>=0.1.10",
+    "pyzmq",
+    "msgspec",
+    "fastapi",
+    "uvicorn",
+    "cachetools",
+    "mathruler",
+]
+
+setup(
+    name="exgrpo-verl",
+    version="0.1.0",
+    description="ExGRPO (Learning to Reason from Experience) as a plugin for verl 0.9.1",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["exgrpo_verl", "exgrpo_verl.*"]),
+    install_requires=[
+        "verl==0.9.1",
+        "numpy",
+        "pyarrow",
+        "pandas",
+        "safetensors",
+    ],
+    extras_require={
+        # What a GPU user installs beside verl: its vLLM stack (torch 2.11 CUDA), flash-attn, grading, logging.
+        "gpu": ["verl[vllm]==0.9.1", "flash-attn", "math-verify>=0.9.0", "wandb", "matplotlib"],
+        # CPU development and CI: the V1 trainer's imports without CUDA wheels, grading, plots, tests.
+        "cpu": V1_TRAINER_IMPORTS + ["math-verify>=0.9.0", "matplotlib"],
+        "test": V1_TRAINER_IMPORTS + ["math-verify>=0.9.0", "matplotlib", "pytest>=8", "pytest-timeout", "hypothesis"],
+    },
+    entry_points={"verl.plugins": ["exgrpo = exgrpo_verl.plugin"]},
+)
