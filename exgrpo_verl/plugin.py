@@ -14,9 +14,13 @@ logger = logging.getLogger("exgrpo_verl")
 
 def register_all() -> None:
     """Register our components with verl's registries. Idempotent."""
-    from exgrpo_verl import cpu_runtime
+    from exgrpo_verl import cpu_runtime_requested
+    from exgrpo_verl.verl_adapters import advantage
 
-    if cpu_runtime.requested():
+    advantage.register()
+    if cpu_runtime_requested():
+        from exgrpo_verl import cpu_runtime
+
         cpu_runtime.activate()
 
 

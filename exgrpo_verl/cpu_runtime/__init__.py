@@ -21,14 +21,11 @@ from __future__ import annotations
 import functools
 import os
 
-SWITCH_ENV = "EXGRPO_CPU_RUNTIME"
+from exgrpo_verl import CPU_RUNTIME_SWITCH as SWITCH_ENV
+
 ROLLOUT_NAME = "hf"
 
 _active = False
-
-
-def requested() -> bool:
-    return os.environ.get(SWITCH_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def is_active() -> bool:
@@ -74,26 +71,85 @@ def _use_plain_gloo_backend() -> None:
     torch.distributed.init_process_group = init_process_group
 
 
-def check_engine_config(model_config, engine_config) -> None:
-    """Refuse FSDP settings that need a GPU, naming the key and the fix."""
-    strategy = getattr(engine_config, "strategy", None)
+class CPUConfigError(ValueError):
+    """A setting the CPU runtime cannot run; the message names each key and its fix."""
+
+
+def _strategy_problem(key: str, strategy) -> str | None:
     if strategy != "fsdp2":
-        raise ValueError(
-            f"actor_rollout_ref.actor.strategy={strategy}: FSDP1 cannot start without a GPU "
-            "(sync_module_states); set actor_rollout_ref.actor.strategy=fsdp2 "
-            "(and actor_rollout_ref.ref.strategy=fsdp2 when a reference model is used)"
+        return f"{key}={strategy}: FSDP1 cannot start without a GPU (sync_module_states); set {key}=fsdp2"
+    return None
+
+
+def _attention_problem(attn_implementation) -> str | None:
+    if "flash" in str(attn_implementation):
+        return (
+            f"actor_rollout_ref.model.override_config.attn_implementation={attn_implementation}: flash-attention "
+            "needs a GPU; set +actor_rollout_ref.model.override_config.attn_implementation=sdpa"
         )
-    attn = (getattr(model_config, "override_config", None) or {}).get("attn_implementation", "flash_attention_2")
-    if "flash" in str(attn):
-        raise ValueError(
-            f"actor_rollout_ref.model.override_config.attn_implementation={attn}: flash-attention needs a GPU; "
-            "set +actor_rollout_ref.model.override_config.attn_implementation=sdpa"
-        )
-    if getattr(engine_config, "use_remove_padding", False):
-        raise ValueError(
+    return None
+
+
+def _remove_padding_problem(use_remove_padding) -> str | None:
+    if use_remove_padding:
+        return (
             "actor_rollout_ref.model.use_remove_padding=True: padding removal needs flash-attention's varlen "
             "kernels; set actor_rollout_ref.model.use_remove_padding=False"
         )
+    return None
+
+
+def _rollout_parallel_problems(rollout_config) -> list[str]:
+    problems = []
+    for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
+        value = rollout_config.get(key, 1) if hasattr(rollout_config, "get") else getattr(rollout_config, key, 1)
+        if (value or 1) != 1:
+            problems.append(
+                f"actor_rollout_ref.rollout.{key}={value}: the CPU rollout backend '{ROLLOUT_NAME}' runs one "
+                f"process per replica; set actor_rollout_ref.rollout.{key}=1"
+            )
+    return problems
+
+
+def _raise_if(problems: list[str | None]) -> None:
+    problems = [p for p in problems if p]
+    if problems:
+        raise CPUConfigError("the CPU runtime cannot run this config:\n- " + "\n- ".join(problems))
+
+
+def check_trainer_config(config) -> None:
+    """Check a whole trainer config (verl's DictConfig) before anything starts."""
+    arr = config.actor_rollout_ref
+    problems = [
+        _strategy_problem("actor_rollout_ref.actor.strategy", arr.actor.strategy),
+        _attention_problem((arr.model.get("override_config") or {}).get("attn_implementation", "flash_attention_2")),
+        _remove_padding_problem(arr.model.get("use_remove_padding", False)),
+        *_rollout_parallel_problems(arr.rollout),
+    ]
+    if config.algorithm.get("use_kl_in_reward", False) or arr.actor.get("use_kl_loss", False):
+        problems.append(_strategy_problem("actor_rollout_ref.ref.strategy", arr.ref.strategy))
+    if arr.rollout.name != ROLLOUT_NAME:
+        problems.append(
+            f"actor_rollout_ref.rollout.name={arr.rollout.name}: no such rollout runs on a CPU; "
+            f"set actor_rollout_ref.rollout.name={ROLLOUT_NAME}"
+        )
+    _raise_if(problems)
+
+
+def check_engine_config(model_config, engine_config) -> None:
+    """The same checks inside a worker, for runs started by verl's own entry point."""
+    attn = (getattr(model_config, "override_config", None) or {}).get("attn_implementation", "flash_attention_2")
+    _raise_if(
+        [
+            _strategy_problem("actor_rollout_ref.actor.strategy", getattr(engine_config, "strategy", None)),
+            _attention_problem(attn),
+            _remove_padding_problem(getattr(engine_config, "use_remove_padding", False)),
+        ]
+    )
+
+
+def check_rollout_config(rollout_config) -> None:
+    _raise_if(_rollout_parallel_problems(rollout_config))
 
 
 def _register_cpu_fsdp_engines() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import ray
 import torch
 
+from exgrpo_verl.cpu_runtime import check_rollout_config
 from exgrpo_verl.cpu_runtime.hf_engine import HFGenerationEngine, SamplingParams
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
@@ -158,17 +159,6 @@ class HFRolloutServer:
 
     async def stop_profile(self):
         pass
-
-
-def check_rollout_config(config) -> None:
-    """Refuse settings the CPU backend cannot serve, naming the key and the fix."""
-    for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
-        value = getattr(config, key, 1) or 1
-        if value != 1:
-            raise ValueError(
-                f"actor_rollout_ref.rollout.{key}={value}: the CPU rollout backend 'hf' runs one process per "
-                f"replica; set actor_rollout_ref.rollout.{key}=1"
-            )
 
 
 class HFRolloutReplica(RolloutReplica):

@@ -1,11 +1,20 @@
-"""Hydra overrides that make verl's `main_ppo` run on a CPU-only machine with our runtime.
+"""Launching verl's trainer on a CPU-only machine with our runtime.
 
-Each line answers one obstacle listed in the CPU runtime's docstring; `cpu_run_overrides`
-returns them for a model, data files and a run size, so the CPU recipes, the demo and the
-end-to-end tests build their command lines from one place.
+`CPU_RUNTIME_OVERRIDES` are the hydra overrides every CPU run needs (each answers one
+obstacle listed in the CPU runtime's docstring); `cpu_run_overrides` adds a model, data
+files and a run size; `run_training` runs an entry module in a subprocess with the
+runtime's switch set. The CPU recipes, the demo and the end-to-end tests all start runs
+through here.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from exgrpo_verl.cpu_runtime import SWITCH_ENV
 
 # Settings that any CPU run needs, whatever the model and the algorithm.
 CPU_RUNTIME_OVERRIDES = [
@@ -70,3 +79,34 @@ def cpu_run_overrides(
     if reward_path:
         overrides += [f"reward.custom_reward_function.path={reward_path}", f"reward.custom_reward_function.name={reward_name}"]
     return overrides
+
+
+def cpu_env(metrics_path: str | None = None) -> dict[str, str]:
+    """The environment of a CPU run: the runtime's switch, offline hubs, optional JSONL metrics."""
+    env = dict(os.environ)
+    env.update({SWITCH_ENV: "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if metrics_path:
+        env["VERL_FILE_LOGGER_PATH"] = str(metrics_path)
+    return env
+
+
+def run_training(overrides: list[str], log_path: str, metrics_path: str | None = None, entry_module: str = "verl.trainer.main_ppo", timeout_s: float = 1200):
+    """Run a trainer entry module in a subprocess with the CPU runtime; its output goes to
+    `log_path`, its per-step metrics (verl's file logger, JSONL) to `metrics_path`."""
+    if metrics_path:
+        overrides = [o for o in overrides if not o.startswith("trainer.logger=")] + ["trainer.logger=[console,file]"]
+    with open(log_path, "w") as log:
+        return subprocess.run(
+            [sys.executable, "-m", entry_module, *overrides],
+            env=cpu_env(metrics_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+        )
+
+
+def read_metrics(metrics_path: str) -> list[dict]:
+    """Per-step metrics written by verl's file logger, in step order."""
+    with open(metrics_path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return sorted(({"step": row["step"], **row["data"]} for row in rows), key=lambda row: row["step"])

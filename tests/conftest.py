@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny model built locally, the shared evaluation data, toy-task data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> Path:
+    from exgrpo_verl.tiny_models import TinyModelSpec, build_tiny_model
+
+    return build_tiny_model(TinyModelSpec(family="qwen2"), tmp_path_factory.mktemp("models") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    path = Path(os.environ.get("EXGRPO_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+    assert (path / "eval").is_dir(), f"shared evaluation data not found at {path}; set EXGRPO_SHARED_DATA"
+    return path
+
+
+@pytest.fixture(scope="session")
+def char_hunt_files(tmp_path_factory) -> tuple[Path, Path]:
+    from exgrpo_verl.tasks import char_hunt
+
+    folder = tmp_path_factory.mktemp("char_hunt")
+    train = char_hunt.write_parquet(folder / "train.parquet", 64, seed=0)
+    val = char_hunt.write_parquet(folder / "val.parquet", 8, seed=1, split="test", first_index=10_000)
+    return train, val

@@ -1,0 +1,86 @@
+"""The CPU generation engine: log-probs, sampling filters, stopping, batching, weight loading."""
+
+import pytest
+import torch
+
+from exgrpo_verl.cpu_runtime.hf_engine import HFGenerationEngine, SamplingParams, filter_top_k_top_p
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_qwen2):
+    return HFGenerationEngine(str(tiny_qwen2), seed=0)
+
+
+def _prompts(engine, count):
+    tok = engine.tokenizer
+    return [
+        tok.apply_chat_template([{"role": "user", "content": "x" * (i + 1)}], add_generation_prompt=True, tokenize=True)["input_ids"]
+        for i in range(count)
+    ]
+
+
+def test_log_probs_match_a_full_forward_pass_for_left_padded_batches(engine):
+    prompts = _prompts(engine, 6)  # different lengths: exercises left padding and positions
+    for temperature in (1.0, 0.7):
+        outputs = engine.generate(prompts, SamplingParams(max_tokens=12, temperature=temperature, logprobs=True))
+        for prompt, output in zip(prompts, outputs):
+            ids = torch.tensor([prompt + output.token_ids])
+            with torch.no_grad():
+                logits = engine.model(ids).logits[0, len(prompt) - 1 : -1] / temperature
+            expected = logits.log_softmax(-1).gather(-1, torch.tensor(output.token_ids)[:, None]).squeeze(-1)
+            assert torch.allclose(torch.tensor(output.log_probs), expected, atol=1e-5)
+
+
+def test_greedy_batched_equals_one_at_a_time(engine):
+    prompts = _prompts(engine, 5)
+    params = SamplingParams(max_tokens=10, temperature=0)
+    batched = [o.token_ids for o in engine.generate(prompts, params)]
+    single = [engine.generate([p], params)[0].token_ids for p in prompts]
+    assert batched == single
+
+
+def test_stop_tokens_end_a_sequence_and_are_kept(engine):
+    prompt = _prompts(engine, 1)[0]
+    free = engine.generate([prompt], SamplingParams(max_tokens=20, temperature=0, stop_token_ids=(-5,)))[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 20
+    stop = free.token_ids[3]
+    first = free.token_ids.index(stop)
+    stopped = engine.generate([prompt], SamplingParams(max_tokens=20, temperature=0, stop_token_ids=(stop,)))[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.token_ids == free.token_ids[: first + 1]
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_top_k_top_p(logits, top_k=2, top_p=1.0)[0, 2:]).all()
+    kept = ~torch.isinf(filter_top_k_top_p(logits, top_k=-1, top_p=0.7))
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.7, 0.5 + 0.3 reaches it
+    kept = ~torch.isinf(filter_top_k_top_p(logits, top_k=-1, top_p=0.1))
+    assert kept.tolist() == [[True, False, False, False]]  # the top token always stays
+
+
+def test_top_k_one_samples_the_argmax(engine):
+    prompts = _prompts(engine, 3)
+    greedy = engine.generate(prompts, SamplingParams(max_tokens=8, temperature=0))
+    top1 = engine.generate(prompts, SamplingParams(max_tokens=8, temperature=1.0, top_k=1))
+    assert [o.token_ids for o in greedy] == [o.token_ids for o in top1]
+
+
+def test_load_weights_changes_outputs_and_rejects_unknown_names(tiny_qwen2):
+    engine = HFGenerationEngine(str(tiny_qwen2))
+    prompt = _prompts(engine, 1)[0]
+    before = engine.generate([prompt], SamplingParams(max_tokens=6, temperature=0, logprobs=True))[0]
+    new_head = torch.randn_like(engine.model.lm_head.weight)
+    assert engine.load_weights([("lm_head.weight", new_head)]) == 1
+    assert torch.equal(engine.model.lm_head.weight, new_head)
+    after = engine.generate([prompt], SamplingParams(max_tokens=6, temperature=0, logprobs=True))[0]
+    assert after.log_probs != before.log_probs
+    with pytest.raises(KeyError, match="does not exist in the rollout model"):
+        engine.load_weights([("model.not_a_layer.weight", new_head)])
+
+
+@pytest.mark.parametrize("bad", [dict(max_tokens=0), dict(max_tokens=4, temperature=-1), dict(max_tokens=4, top_p=0)])
+def test_bad_sampling_params_name_the_field(bad):
+    field = next(k for k in bad if k != "max_tokens") if len(bad) > 1 else "max_tokens"
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**bad)
