@@ -1,0 +1,192 @@
+"""ExGRPO's math: small pure torch functions (no verl, no Ray), each with its equation.
+
+Notation, per response token t of row i:
+  logp_theta  log pi_theta(y_t | x, y_<t) under the policy being trained (has gradients),
+  logp_old    the same under the policy that started this step (fresh, on-policy rows),
+  logp_stored the log-prob stored with a replayed trajectory when it was collected: the
+              probability under its behaviour policy (replayed rows).
+The trainer passes logp_old for fresh rows and logp_stored for replayed rows in one tensor,
+`old_log_prob`, so one ratio exp(logp_theta - old_log_prob) serves both kinds of rows.
+"""
+
+from collections.abc import Hashable, Sequence
+from typing import NamedTuple
+
+import torch
+
+# Bound on |logp_theta - logp_ref| before exponentiating. exp(20) ~ 4.9e8 stays far below the
+# float32/bfloat16 maximum (~3.4e38), so neither a ratio nor A * ratio can overflow, and torch.where
+# never meets an inf in the branch it discards (inf * 0 would turn the gradient into NaN).
+# verl's vanilla PPO loss clamps at the same bound, so on-policy ratios equal verl's exactly.
+# The clamp cuts the gradient outside the bound; for the shaped replay term that gradient,
+# beta * w / (w + beta)^2, is already below 1e-7 there (about beta / w for w = e^20, w / beta for
+# w = e^-20), so nothing of substance is lost.
+MAX_ABS_LOG_RATIO = 20.0
+
+
+def group_advantage(
+    scores: torch.Tensor, group_ids: Sequence[Hashable], *, norm_by_std: bool, eps: float = 1e-6
+) -> torch.Tensor:
+    """GRPO's group-relative advantage over all members of a group, replayed trajectory included.
+
+        A_i = r_i - mean_{j in G(i)} r_j                                  (norm_by_std=False)
+        A_i = (r_i - mean_{j in G(i)} r_j) / (std_{j in G(i)} r_j + eps)  (norm_by_std=True)
+
+    G(i) is the set of rows sharing row i's group id; std is the sample standard deviation
+    (divisor |G| - 1), as in verl's GRPO. ExGRPO's release uses norm_by_std=False.
+
+    A group of one raises ValueError: every ExGRPO group has K >= 2 members, and a singleton (for
+    instance a replayed trajectory whose fresh siblings were lost) has no baseline. verl's GRPO would
+    silently give it mean 0 and std 1, i.e. its raw reward as advantage.
+
+    Args:
+        scores: (n,) float, the outcome reward r_i of each row.
+        group_ids: n hashable group ids (verl's `uid` array).
+    Returns:
+        (n,) advantages, same dtype as scores.
+    """
+    if len(group_ids) != scores.shape[0]:
+        raise ValueError(f"group_advantage: {len(group_ids)} group ids for {scores.shape[0]} scores")
+    group_index: dict[Hashable, int] = {}
+    group_of_row = torch.tensor(
+        [group_index.setdefault(g, len(group_index)) for g in group_ids], dtype=torch.long, device=scores.device
+    )
+    group_size = torch.bincount(group_of_row, minlength=len(group_index))
+    if (group_size < 2).any():
+        singletons = [g for g, k in group_index.items() if group_size[k] < 2]
+        raise ValueError(f"group_advantage: every group needs at least 2 members; groups of one: {singletons[:5]}")
+
+    def group_sum(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(group_index), dtype=values.dtype, device=values.device).index_add_(
+            0, group_of_row, values
+        )
+
+    group_mean = group_sum(scores) / group_size
+    advantages = scores - group_mean[group_of_row]
+    if norm_by_std:
+        group_std = (group_sum(advantages**2) / (group_size - 1)).sqrt()
+        advantages = advantages / (group_std[group_of_row] + eps)
+    return advantages
+
+
+def importance_weight(log_prob: torch.Tensor, reference_log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token importance ratio against reference log-probs, computed without overflow.
+
+        log w = clamp(logp_theta - logp_ref, -MAX_ABS_LOG_RATIO, MAX_ABS_LOG_RATIO)
+        w     = exp(log w)
+
+    With logp_ref = logp_stored this is ExGRPO's w for replayed tokens; with logp_ref = logp_old it is
+    PPO's ratio r. See MAX_ABS_LOG_RATIO for why the bound is 20.
+
+    Returns:
+        (w, log w), both shaped like log_prob.
+    """
+    log_w = torch.clamp(log_prob - reference_log_prob, min=-MAX_ABS_LOG_RATIO, max=MAX_ABS_LOG_RATIO)
+    return torch.exp(log_w), log_w
+
+
+def shaped_weight(w: torch.Tensor, beta: float) -> torch.Tensor:
+    """ExGRPO's policy shaping of the importance weight (LUFFY's shaping applied to w).
+
+        f(w) = w / (w + beta),   beta > 0
+
+    df/dw = beta / (w + beta)^2, so d f(w) / d logp_theta = beta * w / (w + beta)^2: tokens the policy
+    already likes (large w) are damped, unlikely ones (small w) are boosted relative to plain w.
+    """
+    return w / (w + beta)
+
+
+class ClippedSurrogate(NamedTuple):
+    loss: torch.Tensor  # per-token loss
+    clipped: torch.Tensor  # bool: the (1 - eps_low, 1 + eps_high) clip is active
+    clipped_lower: torch.Tensor  # bool: A < 0 and the dual clip -A * c is active
+
+
+def ppo_clipped_surrogate(
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+    clip_ratio_c: float,
+) -> ClippedSurrogate:
+    """PPO's clipped surrogate with dual clip, per token, as verl's `compute_policy_loss_vanilla`.
+
+        L_clip = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))
+        L      = L_clip                 if A >= 0
+        L      = min(L_clip, -A c)      if A < 0     (dual clip, c > 1: bounds the loss of a very
+                                                      large ratio on a negative advantage)
+    """
+    if clip_ratio_c <= 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 for dual-clip PPO, got {clip_ratio_c}")
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    single_clip = torch.maximum(unclipped, clipped)
+    dual_clip_bound = -advantages * clip_ratio_c
+    negative_advantage = advantages < 0
+    loss = torch.where(negative_advantage, torch.minimum(single_clip, dual_clip_bound), single_clip)
+    return ClippedSurrogate(
+        loss=loss,
+        clipped=clipped > unclipped,
+        clipped_lower=(single_clip > dual_clip_bound) & negative_advantage,
+    )
+
+
+class MixedPolicyTokenLoss(NamedTuple):
+    loss: torch.Tensor  # (bsz, T) per-token loss, to be aggregated by the caller
+    log_ratio: torch.Tensor  # (bsz, T) clamped logp_theta - old_log_prob
+    ratio: torch.Tensor  # (bsz, T) r on on-policy rows, w on replayed rows
+    shaped_weight: torch.Tensor  # (bsz, T) f(w); meaningful on replayed rows only
+    clipped: torch.Tensor  # (bsz, T) bool, on-policy tokens whose PPO clip is active; False elsewhere
+    clipped_lower: torch.Tensor  # (bsz, T) bool, on-policy tokens capped by the dual clip; False elsewhere
+
+
+def mixed_policy_token_loss(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    is_replay: torch.Tensor,
+    *,
+    shaping_beta: float,
+    clip_on_policy: bool,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+    clip_ratio_c: float,
+) -> MixedPolicyTokenLoss:
+    """Per-token loss of ExGRPO's mixed-policy objective.
+
+    Fresh rows (is_replay = 0), r = exp(logp_theta - logp_old):
+        L = PPO clipped surrogate (see ppo_clipped_surrogate)   if clip_on_policy
+        L = -A r                                                otherwise (release: once replay starts)
+    Replayed rows (is_replay = 1), w = exp(logp_theta - logp_stored):
+        L = -A f(w),  f(w) = w / (w + beta),  never clipped
+
+    Args:
+        log_prob: (bsz, T) logp_theta.
+        old_log_prob: (bsz, T) logp_old on fresh rows, logp_stored on replayed rows.
+        advantages: (bsz, T) per-token advantages.
+        is_replay: (bsz,) bool, which rows are replayed experience.
+    Returns:
+        MixedPolicyTokenLoss; padding positions are not masked (the caller aggregates with its mask).
+    """
+    ratio, log_ratio = importance_weight(log_prob, old_log_prob)
+    replayed = is_replay.to(torch.bool).unsqueeze(-1).expand_as(ratio)
+
+    if clip_on_policy:
+        surrogate = ppo_clipped_surrogate(ratio, advantages, clip_ratio_low, clip_ratio_high, clip_ratio_c)
+        on_policy_loss = surrogate.loss
+        clipped = surrogate.clipped & ~replayed
+        clipped_lower = surrogate.clipped_lower & ~replayed
+    else:
+        on_policy_loss = -advantages * ratio
+        clipped = clipped_lower = torch.zeros_like(replayed)
+
+    shaped = shaped_weight(ratio, shaping_beta)
+    loss = torch.where(replayed, -advantages * shaped, on_policy_loss)
+    return MixedPolicyTokenLoss(
+        loss=loss,
+        log_ratio=log_ratio,
+        ratio=ratio,
+        shaped_weight=shaped,
+        clipped=clipped,
+        clipped_lower=clipped_lower,
+    )

@@ -1,0 +1,219 @@
+"""ExGRPO's actor loss for verl's worker: the replacement for `verl.workers.utils.losses.ppo_loss`.
+
+verl's registered policy losses only see old/new log-probs, advantages and a mask, never which
+rows are replayed, so ExGRPO replaces the worker's whole loss function instead:
+
+    actor_rollout_wg.set_loss_fn(make_actor_loss_fn(actor_config, loss_config, replay_started=...))
+
+The engine then calls `loss(model_output=..., data=micro_batch, dp_group=...)` for each micro-batch.
+What the trainer must put in the rows (all per-row fields reach the micro-batch):
+  is_replay      (bsz,) 1 for a replayed trajectory, 0 for a fresh rollout (absent: all fresh);
+  old_log_probs  the step's recomputed log-probs on fresh rows, the *stored* behaviour
+                 log-probs on replayed rows (the loss's importance weight w is taken against them).
+
+Metric names (verl prefixes every actor metric with "actor/" if it does not start with it):
+  actor/pg_loss, actor/entropy_loss, kl_loss, kl_coef  as verl's ppo_loss;
+  actor/pg_clipfrac, actor/pg_clipfrac_lower, actor/ppo_kl  over fresh tokens only, aggregated as
+      verl does (mean over micro-batches of each micro-batch's mean; a micro-batch without fresh
+      tokens reports 0); the clip fractions are 0 while the on-policy clip is removed;
+  exgrpo/replay_token_fraction, exgrpo/replay_importance_weight_sum_per_token,
+  exgrpo/replay_shaped_weight_sum_per_token  exact per mini-batch, see `_per_response_token`;
+      `replay_weight_means` turns the last two into the mean w and mean f(w) over replayed tokens.
+"""
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from tensordict import TensorDict
+
+from exgrpo_verl.algorithm import mixed_policy_token_loss
+from verl.trainer.ppo.core_algos import agg_loss, kl_penalty
+from verl.utils.metric import AggregationType, Metric
+from verl.utils.torch_functional import masked_mean
+from verl.workers.config import ActorConfig
+from verl.workers.utils.padding import no_padding_2_padding
+
+REPLAY_TOKEN_FRACTION = "exgrpo/replay_token_fraction"
+REPLAY_WEIGHT_SUM = "exgrpo/replay_importance_weight_sum_per_token"
+REPLAY_SHAPED_WEIGHT_SUM = "exgrpo/replay_shaped_weight_sum_per_token"
+REPLAY_WEIGHT_MEAN = "exgrpo/replay_importance_weight_mean"
+REPLAY_SHAPED_WEIGHT_MEAN = "exgrpo/replay_shaped_weight_mean"
+
+
+@dataclass(frozen=True)
+class ExGRPOLossConfig:
+    """ExGRPO's loss settings.
+
+    shaping_beta: beta in f(w) = w / (w + beta) for replayed tokens; > 0 (release: 0.1).
+    clip_on_policy_after_start: keep PPO's clip on fresh tokens once replay has started
+        (release: False, the clip is removed then; it is always on during warm-up).
+    """
+
+    shaping_beta: float = 0.1
+    clip_on_policy_after_start: bool = False
+
+    def __post_init__(self):
+        beta = self.shaping_beta
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"shaping_beta must be a finite number > 0, got {beta!r}")
+        if not isinstance(self.clip_on_policy_after_start, bool):
+            raise ValueError(
+                f"clip_on_policy_after_start must be true or false, got {self.clip_on_policy_after_start!r}"
+            )
+
+
+def make_actor_loss_fn(actor_config: ActorConfig, loss_config: ExGRPOLossConfig, *, replay_started: bool) -> partial:
+    """The worker loss for the current phase, ready for `actor_rollout_wg.set_loss_fn`.
+
+    During warm-up (replay not started) fresh tokens use PPO's clip; once replay has started the
+    clip is removed, unless loss_config.clip_on_policy_after_start. A module-level function bound
+    to plain values, so the partial pickles to the Ray workers.
+    """
+    return partial(
+        exgrpo_actor_loss,
+        config=actor_config,
+        shaping_beta=loss_config.shaping_beta,
+        clip_on_policy=not replay_started or loss_config.clip_on_policy_after_start,
+    )
+
+
+def exgrpo_actor_loss(
+    config: ActorConfig,
+    model_output,
+    data: TensorDict,
+    dp_group=None,
+    *,
+    shaping_beta: float,
+    clip_on_policy: bool,
+):
+    """ExGRPO's mixed-policy actor loss on one micro-batch; verl's ppo_loss with the policy term replaced.
+
+    policy term: `mixed_policy_token_loss` (PPO surrogate on fresh rows, -A f(w) on replayed rows),
+        aggregated with verl's agg_loss and config.loss_agg_mode over the global batch;
+    rollout_is_weights (verl's rollout correction), when present, multiply fresh tokens only: a
+        replayed token's f(w) already corrects for the policy that generated it (and verl's weight
+        for that row compares the stored log-probs, held as both rollout and old log-probs, with
+        themselves);
+    minus entropy_coeff * entropy, plus kl_loss_coef * KL(ref) when use_kl_loss, as ppo_loss.
+
+    Returns:
+        (loss, metrics) as the engine expects.
+    """
+    log_prob = no_padding_2_padding(model_output["log_probs"], data)
+    entropy = model_output.get("entropy", None)
+    if entropy is not None:
+        entropy = no_padding_2_padding(entropy, data)
+
+    # Normalise over the global mini-batch, as ppo_loss does; with it, each micro-batch's loss is a
+    # partial sum, so loss metrics are SUM-aggregated over micro-batches.
+    config.global_batch_info["dp_size"] = data["dp_size"]
+    config.global_batch_info["batch_num_tokens"] = data["batch_num_tokens"]
+    config.global_batch_info["global_batch_size"] = data["global_batch_size"]
+    config.global_batch_info["loss_scale_factor"] = config.loss_scale_factor
+    global_normalisation = (
+        data["dp_size"] > 1
+        or data["batch_num_tokens"] is not None
+        or data["global_batch_size"] is not None
+        or config.loss_scale_factor is not None
+    )
+    loss_aggregation = AggregationType.SUM if global_normalisation else AggregationType.MEAN
+
+    is_replay = data["is_replay"] if "is_replay" in data.keys() else torch.zeros(data.batch_size[0])
+    if is_replay.shape != (data.batch_size[0],):
+        raise ValueError(f"is_replay must have shape (bsz,) = ({data.batch_size[0]},), got {tuple(is_replay.shape)}")
+    is_replay = is_replay.to(device=log_prob.device, dtype=torch.bool)
+
+    fields = ["response_mask", "old_log_probs", "advantages"]
+    fields += [key for key in ("rollout_is_weights", "ref_log_prob") if key in data.keys()]
+    padded = data.select(*fields).to_padded_tensor()
+    response_mask = padded["response_mask"].to(torch.bool)
+    advantages = padded["advantages"]
+    replayed_tokens = response_mask & is_replay.unsqueeze(-1)
+    fresh_tokens = response_mask & ~is_replay.unsqueeze(-1)
+
+    clip_ratio_low = config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio
+    clip_ratio_high = config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio
+    token = mixed_policy_token_loss(
+        log_prob,
+        padded["old_log_probs"],
+        advantages,
+        is_replay,
+        shaping_beta=shaping_beta,
+        clip_on_policy=clip_on_policy,
+        clip_ratio_low=clip_ratio_low,
+        clip_ratio_high=clip_ratio_high,
+        clip_ratio_c=config.clip_ratio_c,
+    )
+    pg_losses = token.loss
+    if "rollout_is_weights" in padded.keys():
+        pg_losses = torch.where(fresh_tokens, pg_losses * padded["rollout_is_weights"], pg_losses)
+    pg_loss = agg_loss(
+        loss_mat=pg_losses, loss_mask=response_mask, loss_agg_mode=config.loss_agg_mode, **config.global_batch_info
+    )
+    policy_loss = pg_loss
+
+    metrics = {
+        "actor/pg_loss": Metric(loss_aggregation, pg_loss),
+        "actor/pg_clipfrac": Metric(AggregationType.MEAN, masked_mean(token.clipped.float(), fresh_tokens)),
+        "actor/pg_clipfrac_lower": Metric(AggregationType.MEAN, masked_mean(token.clipped_lower.float(), fresh_tokens)),
+        "actor/ppo_kl": Metric(AggregationType.MEAN, masked_mean(-token.log_ratio, fresh_tokens)),
+        REPLAY_TOKEN_FRACTION: _per_response_token(replayed_tokens.float(), replayed_tokens, response_mask, data),
+        REPLAY_WEIGHT_SUM: _per_response_token(token.ratio, replayed_tokens, response_mask, data),
+        REPLAY_SHAPED_WEIGHT_SUM: _per_response_token(token.shaped_weight, replayed_tokens, response_mask, data),
+    }
+
+    # Entropy bonus and KL loss exactly as ppo_loss adds them.
+    if entropy is not None:
+        entropy_loss = agg_loss(
+            loss_mat=entropy, loss_mask=response_mask, loss_agg_mode=config.loss_agg_mode, **config.global_batch_info
+        )
+        policy_loss = policy_loss - config.entropy_coeff * entropy_loss
+        metrics["actor/entropy_loss"] = Metric(loss_aggregation, entropy_loss)
+    if config.use_kl_loss:
+        kld = kl_penalty(logprob=log_prob, ref_logprob=padded["ref_log_prob"], kl_penalty=config.kl_loss_type)
+        kl_loss = agg_loss(
+            loss_mat=kld, loss_mask=response_mask, loss_agg_mode=config.loss_agg_mode, **config.global_batch_info
+        )
+        policy_loss = policy_loss + config.kl_loss_coef * kl_loss
+        metrics["kl_loss"] = Metric(loss_aggregation, kl_loss)
+        metrics["kl_coef"] = config.kl_loss_coef
+
+    return policy_loss, metrics
+
+
+def _per_response_token(
+    values: torch.Tensor, mask: torch.Tensor, response_mask: torch.Tensor, data: TensorDict
+) -> Metric:
+    """sum_{mask} values / (response tokens of the mini-batch), exact however the mini-batch is split.
+
+    verl sums a SUM metric over micro-batches and averages it over dp ranks, so each micro-batch
+    reports its masked sum divided by batch_num_tokens / dp_size (batch_num_tokens: the mini-batch's
+    loss tokens over all dp ranks, i.e. its response tokens). A mean over replayed tokens cannot be
+    made exact this way (no micro-batch knows the mini-batch's replayed-token count), hence the
+    sum-per-token metrics and `replay_weight_means`. Without batch_num_tokens, the micro-batch
+    normalises by its own response tokens and the metric averages over micro-batches.
+    """
+    masked_sum = (values.detach() * mask).sum()
+    if data["batch_num_tokens"] is None:
+        return Metric(AggregationType.MEAN, masked_sum / response_mask.sum())
+    return Metric(AggregationType.SUM, masked_sum * data["dp_size"] / data["batch_num_tokens"])
+
+
+def replay_weight_means(actor_metrics: dict, prefix: str = "actor/") -> dict[str, float]:
+    """Mean w and mean f(w) over replayed tokens, from the reduced actor metrics of an update.
+
+        mean w = (sum_{replayed} w / N_tokens) / (N_replayed / N_tokens)
+
+    Call on the metrics verl's trainer reduced from `update_actor` (keys carry `prefix`). Exact per
+    mini-batch; over several mini-batches the ratio of their averages. Empty when no token was
+    replayed.
+    """
+    fraction = actor_metrics[prefix + REPLAY_TOKEN_FRACTION]
+    if fraction <= 0:
+        return {}
+    return {
+        prefix + REPLAY_WEIGHT_MEAN: actor_metrics[prefix + REPLAY_WEIGHT_SUM] / fraction,
+        prefix + REPLAY_SHAPED_WEIGHT_MEAN: actor_metrics[prefix + REPLAY_SHAPED_WEIGHT_SUM] / fraction,
+    }
