@@ -21,7 +21,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["exgrpo_verl", "exgrpo_verl.*"]),
+    # trainer_configs/ (hydra yaml) ships inside the package as exgrpo_verl.trainer_configs.
+    packages=find_packages(include=["exgrpo_verl", "exgrpo_verl.*"]) + ["exgrpo_verl.trainer_configs"],
+    package_dir={"exgrpo_verl.trainer_configs": "trainer_configs"},
+    package_data={"exgrpo_verl.trainer_configs": ["*.yaml"]},
     install_requires=[
         "verl==0.9.1",
         "numpy",

@@ -190,3 +190,29 @@ def mixed_policy_token_loss(
         clipped=clipped,
         clipped_lower=clipped_lower,
     )
+
+
+def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row mean over the response tokens:  s_i = sum_t m_it v_it / sum_t m_it.
+
+    Padding positions (m_it = 0) never count, whatever the row length; an empty row gives 0.
+    """
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def trajectory_selection_score(metric: str, entropy: torch.Tensor, log_prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The score ExGRPO minimises to pick which stored trajectory of a question to replay,
+    under the current policy (temperature 1):
+
+        "entropy":     H_i   = mean_t H(pi_theta(. | x, y_<t))          (the paper's criterion)
+        "perplexity":  PPL_i = exp(-mean_t log pi_theta(y_t | x, y_<t))
+
+    Both are token means over the response only (the release averaged over padding too,
+    which in effect favoured short trajectories).
+    """
+    if metric == "entropy":
+        return token_mean(entropy, mask)
+    if metric == "perplexity":
+        return torch.exp(-token_mean(log_prob, mask))
+    raise ValueError(f"trajectory_selection_score: metric must be 'entropy' or 'perplexity', got {metric!r}")

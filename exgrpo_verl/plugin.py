@@ -22,6 +22,8 @@ def register_all() -> None:
         from exgrpo_verl import cpu_runtime
 
         cpu_runtime.activate()
+    # After the CPU runtime: importing verl's trainer asks for the platform.
+    from exgrpo_verl.verl_adapters import trainer  # noqa: F401  (registers trainer_mode "exgrpo")
 
 
 try:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Bump when the build changes, so cached folders from an older build are not reused.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 _READY_MARKER = "exgrpo_tiny_model.json"
 
 QWEN2_CHAT_TEMPLATE = (
@@ -54,6 +54,10 @@ class TinyModelSpec:
     num_kv_heads: int = 2
     intermediate_size: int = 128
     max_position_embeddings: int = 2048
+    # An untrained model almost never samples its one EOS token, so its answers would all be
+    # cut at max length. The generation config lists this many extra stop tokens (BPE merges),
+    # which ends ~1 in 10 random tokens: short, complete answers, as a trained model gives.
+    extra_stop_tokens: int = 40
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -169,7 +173,14 @@ def _build_model(spec: TinyModelSpec, family: _Family, tokenizer):
         dtype="float32",
     )
     torch.manual_seed(spec.seed)
-    return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    first_merge = 256 + len(family.special_tokens)
+    merges = range(first_merge, len(tokenizer))
+    step = max(1, len(merges) // max(spec.extra_stop_tokens, 1))
+    stop_tokens = list(merges[::step][: spec.extra_stop_tokens])
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, *stop_tokens]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 def build_tiny_model(spec: TinyModelSpec | None = None, out_dir: str | os.PathLike | None = None) -> Path:

@@ -276,12 +276,12 @@ def test_loss_fn_for_each_phase_pickles_like_ray_sends_it(replay_started, clip_a
 
 @pytest.mark.parametrize("beta", [0, -0.1, float("nan"), float("inf"), True, "0.1"])
 def test_loss_config_rejects_a_bad_shaping_beta(beta):
-    with pytest.raises(ValueError, match="shaping_beta must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"exgrpo.loss.shaping_beta=.*: must be a finite number > 0"):
         ExGRPOLossConfig(shaping_beta=beta)
 
 
 def test_loss_config_rejects_a_non_boolean_clip_switch():
-    with pytest.raises(ValueError, match="clip_on_policy_after_start must be true or false"):
+    with pytest.raises(ValueError, match=r"exgrpo.loss.clip_on_policy_after_start=.*: must be true or false"):
         ExGRPOLossConfig(clip_on_policy_after_start="no")
 
 

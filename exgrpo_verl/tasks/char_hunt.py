@@ -2,7 +2,8 @@
 
 Each question names a target character; the reward is 1 when the response contains it.
 Targets are drawn from groups that an untrained tiny model (byte-level BPE, ~460 tokens)
-hits at different rates, from ~40% for digits to ~5% for punctuation, so questions land in
+hits at different rates (with 32-token answers, ~25% for digits down to ~4% for
+punctuation), so questions land in
 every accuracy bucket and RL can raise the rates. That is what the ExGRPO machinery needs
 to be exercised end to end: partly-solved questions, retirements and a rising solve rate.
 

@@ -21,14 +21,13 @@ Metric names (verl prefixes every actor metric with "actor/" if it does not star
       `replay_weight_means` turns the last two into the mean w and mean f(w) over replayed tokens.
 """
 
-import math
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 from tensordict import TensorDict
 
 from exgrpo_verl.algorithm import mixed_policy_token_loss
+from exgrpo_verl.config import ExGRPOLossConfig
 from verl.trainer.ppo.core_algos import agg_loss, kl_penalty
 from verl.utils.metric import AggregationType, Metric
 from verl.utils.torch_functional import masked_mean
@@ -40,28 +39,6 @@ REPLAY_WEIGHT_SUM = "exgrpo/replay_importance_weight_sum_per_token"
 REPLAY_SHAPED_WEIGHT_SUM = "exgrpo/replay_shaped_weight_sum_per_token"
 REPLAY_WEIGHT_MEAN = "exgrpo/replay_importance_weight_mean"
 REPLAY_SHAPED_WEIGHT_MEAN = "exgrpo/replay_shaped_weight_mean"
-
-
-@dataclass(frozen=True)
-class ExGRPOLossConfig:
-    """ExGRPO's loss settings.
-
-    shaping_beta: beta in f(w) = w / (w + beta) for replayed tokens; > 0 (release: 0.1).
-    clip_on_policy_after_start: keep PPO's clip on fresh tokens once replay has started
-        (release: False, the clip is removed then; it is always on during warm-up).
-    """
-
-    shaping_beta: float = 0.1
-    clip_on_policy_after_start: bool = False
-
-    def __post_init__(self):
-        beta = self.shaping_beta
-        if isinstance(beta, bool) or not isinstance(beta, int | float) or not (math.isfinite(beta) and beta > 0):
-            raise ValueError(f"shaping_beta must be a finite number > 0, got {beta!r}")
-        if not isinstance(self.clip_on_policy_after_start, bool):
-            raise ValueError(
-                f"clip_on_policy_after_start must be true or false, got {self.clip_on_policy_after_start!r}"
-            )
 
 
 def make_actor_loss_fn(actor_config: ActorConfig, loss_config: ExGRPOLossConfig, *, replay_started: bool) -> partial:

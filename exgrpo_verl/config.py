@@ -1,0 +1,99 @@
+"""The `exgrpo:` section of the trainer config, as a validated dataclass.
+
+Defaults reproduce the authors' release (spec: "The release's training run"). Every bad
+value raises ValueError naming the key (`exgrpo.<key>`), the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from exgrpo_verl.experience import ExperienceConfig
+
+
+@dataclass(frozen=True)
+class ExGRPOLossConfig:
+    """ExGRPO's loss settings (`exgrpo.loss`).
+
+    shaping_beta: beta in f(w) = w / (w + beta) for replayed tokens; > 0 (release: 0.1).
+    clip_on_policy_after_start: keep PPO's clip on fresh tokens once replay has started
+        (release: False, the clip is removed then; it is always on during warm-up).
+    """
+
+    shaping_beta: float = 0.1
+    clip_on_policy_after_start: bool = False
+
+    def __post_init__(self):
+        beta = self.shaping_beta
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"exgrpo.loss.shaping_beta={beta!r}: must be a finite number > 0")
+        if not isinstance(self.clip_on_policy_after_start, bool):
+            raise ValueError(
+                f"exgrpo.loss.clip_on_policy_after_start={self.clip_on_policy_after_start!r}: must be true or false"
+            )
+
+
+@dataclass(frozen=True)
+class ExGRPOConfig:
+    """replay_ratio: rho, the share of a step's B questions taken from experience (release 0.5);
+        0 turns ExGRPO off: plain GRPO with verl's own loss.
+    start_solve_rate: replay starts (for good) after a step whose fraction of fresh rollouts
+        with reward 1 exceeds this (release 0.35).
+    collect_during_warmup: also store successes before replay starts (release: False).
+    sampler_poll_interval_s: how often the step waits on TransferQueue for finished rollouts
+        (verl polls every 2 s; short CPU steps want less).
+    loss, experience: see ExGRPOLossConfig and exgrpo_verl.experience.ExperienceConfig
+        (its group_size comes from actor_rollout_ref.rollout.n, not from here).
+    """
+
+    replay_ratio: float = 0.5
+    start_solve_rate: float = 0.35
+    collect_during_warmup: bool = False
+    sampler_poll_interval_s: float = 0.5
+    loss: ExGRPOLossConfig = field(default_factory=ExGRPOLossConfig)
+    experience: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _require(0 <= self.replay_ratio < 1, "replay_ratio", self.replay_ratio, "a number in [0, 1)")
+        _require(0 <= self.start_solve_rate <= 1, "start_solve_rate", self.start_solve_rate, "a number in [0, 1]")
+        _require(isinstance(self.collect_during_warmup, bool), "collect_during_warmup", self.collect_during_warmup, "true or false")
+        _require(
+            math.isfinite(self.sampler_poll_interval_s) and self.sampler_poll_interval_s > 0,
+            "sampler_poll_interval_s", self.sampler_poll_interval_s, "a number of seconds > 0",
+        )
+        if "group_size" in self.experience:
+            raise ValueError("exgrpo.experience.group_size: set actor_rollout_ref.rollout.n instead (it is K)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.replay_ratio > 0
+
+    def experience_config(self, group_size: int) -> ExperienceConfig:
+        try:
+            return ExperienceConfig.from_dict({**self.experience, "group_size": group_size})
+        except ValueError as error:
+            raise ValueError(f"exgrpo.experience: {error}") from error
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "ExGRPOConfig":
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"exgrpo: unknown keys {unknown}; allowed: {sorted(known)}")
+        loss = dict(values.pop("loss", None) or {})
+        loss_keys = {f.name for f in dataclasses.fields(ExGRPOLossConfig)}
+        if set(loss) - loss_keys:
+            raise ValueError(f"exgrpo.loss: unknown keys {sorted(set(loss) - loss_keys)}; allowed: {sorted(loss_keys)}")
+        config = cls(loss=ExGRPOLossConfig(**loss), **{k: v for k, v in values.items() if k != "experience"},
+                     experience=dict(values.get("experience") or {}))
+        config.experience_config(group_size=8)  # validates the experience keys now, not mid-run
+        return config
+
+
+def _require(condition: bool, key: str, value, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"exgrpo.{key}={value!r}: must be {allowed}")

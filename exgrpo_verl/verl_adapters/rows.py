@@ -1,0 +1,121 @@
+"""Conversions between verl's TransferQueue trajectory rows and the experience buffer.
+
+A row of verl's V1 trainer holds, per token, `prompts` (un-padded), `responses`,
+`input_ids` (prompt + response), `position_ids`, `response_mask`, `loss_mask`, `rm_scores`
+(the reward on the last response token) and `rollout_log_probs`; and per row the prompt's
+dataset fields (`uid`, `index`, `data_source`, ...) plus `session_id`. A replayed
+trajectory becomes a row by copying a fresh sibling of its group (same prompt, same
+dataset fields) and replacing the response part, as verl builds its own padding rows.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from exgrpo_verl.experience import GroupResult
+from verl.trainer.ppo.padding_utils import build_padding_position_ids
+
+# Per-token data recorded at generation time (MoE routing, distillation targets) that a
+# stored trajectory does not have: rows carrying them cannot be replayed.
+UNSUPPORTED_FIELDS = ("routed_experts", "teacher_ids", "teacher_logprobs")
+STEP_FIELDS = ["uid", "index", "prompts", "responses", "response_mask", "rm_scores", "old_log_probs", "entropy", "is_replay"]
+
+
+def build_replayed_row(sibling: dict, response_ids: torch.Tensor, log_probs: torch.Tensor, reward: float, session_id: int) -> dict:
+    """A trajectory row for a stored response, on the prompt of a fresh `sibling` row.
+
+    The stored behaviour log-probs go in `rollout_log_probs` (and, after the old-log-prob
+    pass, in `old_log_probs`); the reward sits on the last response token, as verl's reward
+    loop puts it; `is_replay` = 1 marks the row for the loss.
+    """
+    prompt = sibling["prompts"]
+    response_ids = response_ids.to(prompt.dtype)
+    if response_ids.ndim != 1 or log_probs.shape != response_ids.shape:
+        raise ValueError(f"replayed response ({tuple(response_ids.shape)}) and log-probs ({tuple(log_probs.shape)}) must be 1-D of one length")
+    unsupported = [key for key in UNSUPPORTED_FIELDS if sibling.get(key) is not None]
+    if unsupported:
+        raise ValueError(f"rows with {unsupported} (per-token data of the generation) cannot be replayed")
+
+    row = {key: value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value) for key, value in sibling.items()}
+    input_ids = torch.cat([prompt, response_ids])
+    full_mask = torch.ones_like(input_ids)
+    response_mask = torch.ones_like(response_ids)
+    rm_scores = torch.zeros(response_ids.shape, dtype=torch.float32)
+    rm_scores[-1] = reward
+    row.update(
+        responses=response_ids,
+        input_ids=input_ids,
+        position_ids=build_padding_position_ids(sibling.get("position_ids"), full_mask),
+        response_mask=response_mask,
+        loss_mask=response_mask.clone(),
+        rm_scores=rm_scores,
+        rollout_log_probs=log_probs.to(torch.float32),
+        session_id=session_id,
+        is_replay=torch.tensor(1, dtype=torch.int64),
+    )
+    if "attention_mask" in sibling:
+        row["attention_mask"] = full_mask
+    return row
+
+
+def replayed_row_tag(sibling_tag: dict, prompt_len: int, response_len: int) -> dict:
+    """TransferQueue tag of a replayed row: the sibling's, with the lengths `_balance_batch` reads."""
+    tag = copy.deepcopy(sibling_tag)
+    tag.update(prompt_len=prompt_len, response_len=response_len, seq_len=prompt_len + response_len, is_replay=True)
+    return tag
+
+
+def group_results_from_step(rows, is_padding: list[bool], eos_token_ids: set[int]) -> tuple[list[GroupResult], np.ndarray]:
+    """Turn the step's trained rows into one GroupResult per question, and the fresh rewards.
+
+    rows: the TensorDict of `STEP_FIELDS` for the step's keys (nested per-token fields);
+    is_padding: verl's padding rows, skipped; replayed rows are skipped too (the accuracy of
+    an experience question counts its K-1 fresh rollouts). The behaviour log-probs stored for
+    a trajectory are `old_log_probs`: the actor's own log-probs this step, before the update.
+
+    Returns the groups and the rewards of every fresh rollout (for the step's solve rate).
+    """
+    uids = list(rows["uid"])
+    indices = list(rows["index"])
+    replay_flags = rows["is_replay"].tolist() if "is_replay" in rows.keys() else [0] * len(uids)
+    responses = rows["responses"].unbind()
+    masks = rows["response_mask"].unbind()
+    old_log_probs = rows["old_log_probs"].unbind()
+    entropies = rows["entropy"].unbind()
+    scores = rows["rm_scores"].unbind()
+    prompts = rows["prompts"].unbind()
+
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, uid in enumerate(uids):
+        if not is_padding[i] and not replay_flags[i]:
+            members[uid].append(i)
+
+    groups, fresh_rewards = [], []
+    for uid, rows_of_group in members.items():
+        response_ids, log_probs, token_entropies, rewards, ended = [], [], [], [], []
+        for i in rows_of_group:
+            length = int(masks[i].sum())
+            tokens = responses[i][:length]
+            response_ids.append(tokens.numpy().astype(np.int64))
+            log_probs.append(old_log_probs[i][:length].float().numpy())
+            token_entropies.append(entropies[i][:length].float().numpy())
+            rewards.append(float(scores[i].sum()))
+            ended.append(length > 0 and int(tokens[-1]) in eos_token_ids)
+        qid = int(indices[rows_of_group[0]])
+        fresh_rewards.extend(rewards)
+        groups.append(
+            GroupResult(
+                question_id=qid,
+                response_ids=response_ids,
+                log_probs=log_probs,
+                rewards=np.asarray(rewards, dtype=np.float64),
+                ended_with_eos=np.asarray(ended, dtype=bool),
+                entropies=token_entropies,
+                prompt_ids=prompts[rows_of_group[0]].numpy().astype(np.int64),
+            )
+        )
+    return groups, np.asarray(fresh_rewards, dtype=np.float64)

@@ -1,0 +1,328 @@
+"""ExGRPO in verl 0.9.1's V1 trainer: `trainer.v1.trainer_mode=exgrpo`.
+
+A subclass of verl's synchronous trainer. One step reads forward through the hooks below:
+
+    prepare_step          pick the step's experience questions from the buffer
+    _fetch_one_gen_batch  their prompt rows (K-1 rollouts each, `__rollout_n__`) + fresh rows,
+                          skipping retired questions           -> verl rollout + reward
+    _balance_batch        score each experience question's stored trajectories under the
+                          current policy (one batched forward pass), insert the chosen one
+                          into its group as session K-1        -> verl balance
+    _compute_old_log_prob verl's pass, then the replayed rows' old log-probs := stored ones
+                                                               -> advantage ("exgrpo"), update
+                                                                  (our loss, set_loss_fn)
+    step                  collect the step's results into the buffer; start replay once the
+                          solve rate passes the threshold; metrics under exgrpo/
+    _save/_load_checkpoint  the buffer and phase beside verl's checkpoint
+
+The algorithm itself lives in exgrpo_verl.algorithm / mixing / experience; this module
+moves rows between verl and those.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections import defaultdict
+
+import numpy as np
+import torch
+import transfer_queue as tq
+from omegaconf import OmegaConf, open_dict
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
+
+from exgrpo_verl.algorithm import trajectory_selection_score
+from exgrpo_verl.config import ExGRPOConfig
+from exgrpo_verl.experience import ExperienceBuffer
+from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate
+from exgrpo_verl.verl_adapters import checkpoint
+from exgrpo_verl.verl_adapters.loss import make_actor_loss_fn, replay_weight_means
+from exgrpo_verl.verl_adapters.rows import STEP_FIELDS, build_replayed_row, group_results_from_step, replayed_row_tag
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import tensordict_utils as tu
+from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.dataset.rl_dataset import collate_fn
+from verl.utils.debug import marked_timer
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+from verl.workers.utils.padding import response_from_nested
+
+logger = logging.getLogger(__name__)
+
+TRAINER_NAME = "exgrpo"
+
+
+def question_positions(extra_infos) -> dict[int, int]:
+    """Map each training row's question id (extra_info.index) to its dataset position.
+
+    ExGRPO tracks questions by this id across steps and checkpoints, so every row needs a
+    unique integer one (verl silently uses 0 when it is missing)."""
+    positions: dict[int, int] = {}
+    for position, extra_info in enumerate(extra_infos):
+        index = (extra_info or {}).get("index")
+        if isinstance(index, bool) or not isinstance(index, int | np.integer):
+            raise ValueError(
+                f"training row {position}: extra_info.index={index!r}; ExGRPO needs a unique integer question id "
+                "in every row's extra_info.index (scripts/prepare_data.py writes it)"
+            )
+        if int(index) in positions:
+            raise ValueError(
+                f"training rows {positions[int(index)]} and {position} share extra_info.index={index}; "
+                "question ids must be unique"
+            )
+        positions[int(index)] = position
+    return positions
+
+
+def _padded(nested: torch.Tensor) -> torch.Tensor:
+    return torch.nested.to_padded_tensor(nested, 0.0) if nested.is_nested else nested
+
+
+@register_trainer(TRAINER_NAME)
+class ExGRPOTrainer(PPOTrainerSync):
+    def __init__(self, config):
+        self.settings = ExGRPOConfig.from_dict(OmegaConf.to_container(config.get("exgrpo") or {}, resolve=True))
+        self.group_size = int(config.actor_rollout_ref.rollout.n)
+        self.experience = ExperienceBuffer(self.settings.experience_config(self.group_size))
+        self.replay_started = False
+        self._fresh_carry: list[int] = []  # dataset positions fetched, not yet given to a step
+        self._step_experience: list[int] = []  # question ids still to submit this step
+        self._experience_uids: dict[str, int] = {}  # this step's experience prompt uid -> question id
+        self._replayed: dict[str, torch.Tensor] = {}  # this step's replayed row key -> stored log-probs
+        # verl's base class means "sync" wherever it checks the mode; ours is sync too.
+        with open_dict(config):
+            config.trainer.v1.trainer_mode = "sync"
+        super().__init__(config)
+        self.replay_buffer.poll_interval = self.settings.sampler_poll_interval_s
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _init_dataloader(self):
+        super()._init_dataloader()
+        self._position_of = question_positions(self.train_dataset.dataframe["extra_info"])
+
+    def on_init_end(self):
+        super().on_init_end()
+        self._eos_ids = self._eos_token_ids()
+        self._install_loss()
+
+    def _install_loss(self):
+        """Our worker loss, for the current phase (the on-policy clip goes when replay starts)."""
+        if not self.settings.enabled:
+            return  # rho = 0: plain GRPO with verl's own loss
+        actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
+        self.actor_rollout_wg.set_loss_fn(
+            make_actor_loss_fn(actor_config, self.settings.loss, replay_started=self.replay_started)
+        )
+
+    # ---- 1. which prompts this step ----------------------------------------------------------
+    def prepare_step(self) -> dict:
+        self._experience_uids, self._replayed = {}, {}
+        self._step_experience = []
+        if self.replay_started:
+            pool_size = int(self.experience.metrics()["pool_size"])
+            count = experience_question_count(pool_size, self.settings.replay_ratio, self.config.data.train_batch_size)
+            self._step_experience = self.experience.sample_questions(count)
+        return super().prepare_step()
+
+    def _fetch_one_gen_batch(self) -> TensorDict:
+        """One generation batch: this step's experience questions first, then fresh questions."""
+        size = self.config.data.get("gen_batch_size", None) or self.config.data.train_batch_size
+        experience, self._step_experience = self._step_experience[:size], self._step_experience[size:]
+        positions = [self._position_of[qid] for qid in experience]
+        positions += self._take_fresh_positions(size - len(experience), exclude=set(experience))
+
+        batch = collate_fn([self.train_dataset[position] for position in positions])
+        batch["uid"] = np.array([str(uuid.uuid4()) for _ in positions], dtype=object)
+        self._experience_uids.update(zip(batch["uid"][: len(experience)], experience))
+        rollouts = [self.group_size - 1] * len(experience) + [self.group_size] * (len(positions) - len(experience))
+        batch["__rollout_n__"] = torch.tensor(rollouts, dtype=torch.int64)
+        batch["is_replay"] = torch.zeros(len(positions), dtype=torch.int64)
+        return tu.get_tensordict(batch)
+
+    def _take_fresh_positions(self, count: int, exclude: set[int]) -> list[int]:
+        """Dataset positions of the next `count` questions in data-loader order that are not
+        retired and not already in this step; rows fetched beyond `count` wait for the next step."""
+        epochs_without_progress = 0
+        while len(self._fresh_carry) < count:
+            before = len(self._fresh_carry)
+            for qid in super()._fetch_one_gen_batch()["index"]:
+                if not self.experience.is_retired(int(qid)) and int(qid) not in exclude:
+                    self._fresh_carry.append(self._position_of[int(qid)])
+            epochs_without_progress = epochs_without_progress + 1 if len(self._fresh_carry) == before else 0
+            if epochs_without_progress > len(self._position_of):
+                raise RuntimeError("every training question is retired (solved K/K): the data set is exhausted")
+        taken, self._fresh_carry = self._fresh_carry[:count], self._fresh_carry[count:]
+        return taken
+
+    # ---- 2. replayed rows into their groups --------------------------------------------------
+    def _balance_batch(self, batch: KVBatchMeta, metrics, *args, **kwargs):
+        if batch.partition_id == "train" and self._experience_uids:
+            batch = self._insert_replayed_rows(batch, metrics)
+        return super()._balance_batch(batch, metrics, *args, **kwargs)
+
+    def _insert_replayed_rows(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        keys_of_uid: dict[str, list[int]] = defaultdict(list)
+        for position, key in enumerate(batch.keys):
+            keys_of_uid[key.rsplit("_", 2)[0]].append(position)
+        groups = [(uid, qid) for uid, qid in self._experience_uids.items() if uid in keys_of_uid]
+        if not groups:
+            return batch
+        first_positions = [keys_of_uid[uid][0] for uid, _ in groups]
+        sibling_rows = tq.kv_batch_get(keys=[batch.keys[p] for p in first_positions], partition_id=batch.partition_id)
+        siblings = [{key: sibling_rows[i][key] for key in sibling_rows[i].keys()} for i in range(len(groups))]
+
+        scores = {}
+        if self.experience.config.needs_forward_pass:
+            with marked_timer("exgrpo_select", self.timing_raw, color="cyan"):
+                scores = self._selection_scores(groups, siblings, metrics)
+        max_response = self.config.data.max_response_length
+        new_keys, new_tags, new_rows, chosen, dropped_uids = [], [], [], [], []
+        for (uid, qid), sibling, position in zip(groups, siblings, first_positions):
+            trajectory = self.experience.select(qid, scores.get(qid)) if self.experience.candidates(qid) else None
+            stored_prompt = self.experience.question(qid).prompt_ids
+            usable = (
+                trajectory is not None
+                and len(trajectory.response_ids) <= max_response
+                and (stored_prompt is None or np.array_equal(stored_prompt, sibling["prompts"].numpy()))
+            )
+            if not usable:
+                # Never leave a group at K-1: without its replayed member it has no place in the step.
+                dropped_uids.append(uid)
+                continue
+            response = torch.from_numpy(trajectory.response_ids.astype(np.int64))
+            log_probs = torch.from_numpy(trajectory.log_probs)
+            key = f"{uid}_{self.group_size - 1}_0"
+            new_rows.append(build_replayed_row(sibling, response, log_probs, trajectory.reward, self.group_size - 1))
+            new_tags.append(replayed_row_tag(batch.tags[position], len(sibling["prompts"]), len(response)))
+            new_keys.append(key)
+            chosen.append(trajectory)
+            self._replayed[key] = log_probs
+
+        if new_keys:
+            tq.kv_batch_put(keys=new_keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(new_rows), tags=new_tags)
+            self.experience.mark_replayed([t.id for t in chosen], self.global_steps)
+        keep = [i for i, key in enumerate(batch.keys) if key.rsplit("_", 2)[0] not in set(dropped_uids)]
+        if dropped_uids:
+            tq.kv_clear(keys=[batch.keys[i] for i in range(len(batch.keys)) if i not in set(keep)], partition_id=batch.partition_id)
+            logger.warning("ExGRPO: %d experience groups had no usable stored trajectory and were dropped", len(dropped_uids))
+
+        total_rows = len(keep) + len(new_keys)
+        metrics.update(
+            {
+                "exgrpo/replayed_questions": len(new_keys),
+                "exgrpo/replay_fraction": len(new_keys) / max(total_rows, 1),
+                "exgrpo/replay_dropped_groups": len(dropped_uids),
+                "exgrpo/replayed_mean_age": float(np.mean([self.global_steps - t.step for t in chosen])) if chosen else 0.0,
+            }
+        )
+        return KVBatchMeta(
+            partition_id=batch.partition_id,
+            keys=[batch.keys[i] for i in keep] + new_keys,
+            tags=[batch.tags[i] for i in keep] + new_tags,
+            extra_info=batch.extra_info,
+        )
+
+    def _selection_scores(self, groups, siblings, metrics: dict) -> dict[int, np.ndarray]:
+        """Score every candidate of every experience question in one batched forward pass of the
+        current policy (temperature 1): token-mean entropy (or perplexity) over its response."""
+        rows, owners = [], []
+        for (uid, qid), sibling in zip(groups, siblings):
+            for candidate in self.experience.candidates(qid):
+                response = torch.from_numpy(candidate.response_ids.astype(np.int64))
+                rows.append(build_replayed_row(sibling, response, torch.from_numpy(candidate.log_probs), candidate.reward, 0))
+                owners.append(qid)
+        if not rows:
+            return {}
+        prefix = f"exgrposelect{uuid.uuid4().hex}"
+        keys = [f"{prefix}_{i}_0" for i in range(len(rows))]
+        tags = [replayed_row_tag({"status": "success"}, len(row["prompts"]), len(row["responses"])) for row in rows]
+        tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(rows), tags=tags)
+        candidates = KVBatchMeta(partition_id="train", keys=keys, tags=tags)
+        candidates = super()._balance_batch(candidates, metrics={})  # pads to the data-parallel size
+        candidates.extra_info.update({"calculate_entropy": True, "compute_loss": False, "temperature": 1.0})
+        self.actor_rollout_wg.compute_log_prob(candidates)
+        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["entropy", "log_probs", "response_mask"])
+        tq.kv_clear(keys=candidates.keys, partition_id="train")
+
+        mask = _padded(data["response_mask"])
+        entropy = _padded(response_from_nested(data["entropy"], data["response_mask"]))
+        log_prob = _padded(response_from_nested(data["log_probs"], data["response_mask"]))
+        row_scores = trajectory_selection_score(self.experience.config.selection_metric, entropy, log_prob, mask)
+
+        selection_tokens = sum(tag["seq_len"] for tag in tags)
+        metrics["exgrpo/selection_tokens"] = selection_tokens
+        scores: dict[int, list[float]] = defaultdict(list)
+        for qid, score in zip(owners, row_scores.tolist()):
+            scores[qid].append(score)
+        return {qid: np.asarray(values) for qid, values in scores.items()}
+
+    # ---- 3. stored behaviour log-probs for replayed rows -------------------------------------
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._compute_old_log_prob(batch, metrics)
+        metrics["exgrpo/old_log_prob_tokens"] = sum(tag["seq_len"] for tag in batch.tags)
+        replay_keys = [key for key in batch.keys if key in self._replayed]
+        if replay_keys:
+            stored = torch.nested.nested_tensor([self._replayed[key] for key in replay_keys], layout=torch.jagged)
+            tq.kv_batch_put(keys=replay_keys, partition_id=batch.partition_id, fields=TensorDict({"old_log_probs": stored}, batch_size=len(replay_keys)))
+        return batch
+
+    # ---- 4. learn from the step --------------------------------------------------------------
+    def step(self, metrics: dict, timing_raw: dict) -> KVBatchMeta:
+        batch = super().step(metrics, timing_raw)
+        if self.settings.enabled:
+            with marked_timer("exgrpo_collect", timing_raw, color="green"):
+                self._collect(batch, metrics)
+        return batch
+
+    def _collect(self, batch: KVBatchMeta, metrics: dict) -> None:
+        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=STEP_FIELDS)
+        is_padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
+        groups, fresh_rewards = group_results_from_step(rows, is_padding, self._eos_ids)
+        step_solve_rate = solve_rate(fresh_rewards)
+
+        was_started = self.replay_started
+        self.replay_started = replay_starts(was_started, step_solve_rate, self.settings.start_solve_rate, self.settings.replay_ratio)
+        store = self.replay_started or self.settings.collect_during_warmup
+        self.experience.update(self.global_steps, groups, store=store)
+        if self.replay_started and not was_started:
+            logger.info("ExGRPO: solve rate %.3f > %.3f at step %d: replay starts", step_solve_rate, self.settings.start_solve_rate, self.global_steps)
+            self._install_loss()
+
+        metrics["exgrpo/replay_active"] = float(self.replay_started)
+        metrics["exgrpo/solve_rate"] = step_solve_rate
+        metrics["exgrpo/fresh_score_mean"] = float(fresh_rewards.mean()) if fresh_rewards.size else 0.0
+        metrics.update({f"exgrpo/buffer/{key}": value for key, value in self.experience.metrics().items()})
+        if "exgrpo/selection_tokens" in metrics:
+            metrics["exgrpo/selection_token_fraction"] = metrics["exgrpo/selection_tokens"] / max(metrics["exgrpo/old_log_prob_tokens"], 1)
+        metrics.update({key.replace("actor/exgrpo/", "exgrpo/"): value for key, value in replay_weight_means(metrics).items()})
+
+    def _eos_token_ids(self) -> set[int]:
+        """Tokens that end a response: the tokenizer's EOS and the generation config's."""
+        generation_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.model).generation_config
+        generation_eos = getattr(generation_config, "eos_token_id", None)
+        ids = [self.tokenizer.eos_token_id, *(generation_eos if isinstance(generation_eos, list) else [generation_eos])]
+        return {int(i) for i in ids if i is not None}
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _save_checkpoint(self):
+        # Our state first: verl writes latest_checkpointed_iteration.txt last, so any checkpoint
+        # it would resume from holds a complete ExGRPO state.
+        folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+        state = checkpoint.TrainerState(self.replay_started, list(self._fresh_carry), self.group_size)
+        checkpoint.save_state(folder, self.experience, state)
+        super()._save_checkpoint()
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if self.global_steps == 0:
+            return  # a new run
+        if self.config.trainer.resume_mode == "resume_path":
+            folder = os.path.abspath(self.config.trainer.resume_from_path)
+        else:
+            folder = os.path.join(os.path.abspath(self.config.trainer.default_local_dir), f"global_step_{self.global_steps}")
+        self.experience, state = checkpoint.load_state(folder, self.experience.config)
+        self.replay_started = state.replay_started
+        self._fresh_carry = state.fresh_carry
+        logger.info("ExGRPO: restored %s (replay %s)", folder, "on" if self.replay_started else "off")
