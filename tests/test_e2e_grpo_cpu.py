@@ -28,7 +28,7 @@ def test_grpo_trains_on_cpu_and_rollout_tracks_actor(tiny_qwen2, char_hunt_files
     ]
     log = tmp_path / "train.log"
     metrics_path = tmp_path / "metrics.jsonl"
-    result = run_training(overrides, str(log), str(metrics_path))
+    result = run_training(overrides, str(log), str(metrics_path), entry_module="verl.trainer.main_ppo")
     assert result.returncode == 0, log.read_text()[-5000:]
 
     steps = read_metrics(str(metrics_path))
@@ -51,6 +51,6 @@ def test_verl_entry_point_refuses_a_config_the_cpu_cannot_run(tiny_qwen2, char_h
     overrides = cpu_run_overrides(str(tiny_qwen2), str(train), str(val), output_dir=str(tmp_path), reward_path=char_hunt.__file__)
     overrides = [o for o in overrides if not o.startswith("actor_rollout_ref.actor.strategy=")] + ["actor_rollout_ref.actor.strategy=fsdp"]
     log = tmp_path / "train.log"
-    result = run_training(overrides + ["algorithm.adv_estimator=grpo"], str(log))
+    result = run_training(overrides + ["algorithm.adv_estimator=grpo"], str(log), entry_module="verl.trainer.main_ppo")
     assert result.returncode != 0
     assert "actor_rollout_ref.actor.strategy=fsdp: FSDP1 cannot start without a GPU" in log.read_text()

@@ -90,7 +90,14 @@ def cpu_env(metrics_path: str | None = None) -> dict[str, str]:
     return env
 
 
-def run_training(overrides: list[str], log_path: str, metrics_path: str | None = None, entry_module: str = "verl.trainer.main_ppo", timeout_s: float = 1200):
+def run_training(
+    overrides: list[str],
+    log_path: str,
+    metrics_path: str | None = None,
+    entry_module: str = "exgrpo_verl.main",
+    extra_env: dict[str, str] | None = None,
+    timeout_s: float = 1200,
+):
     """Run a trainer entry module in a subprocess with the CPU runtime; its output goes to
     `log_path`, its per-step metrics (verl's file logger, JSONL) to `metrics_path`."""
     if metrics_path:
@@ -98,7 +105,7 @@ def run_training(overrides: list[str], log_path: str, metrics_path: str | None =
     with open(log_path, "w") as log:
         return subprocess.run(
             [sys.executable, "-m", entry_module, *overrides],
-            env=cpu_env(metrics_path),
+            env={**cpu_env(metrics_path), **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             timeout=timeout_s,

@@ -2,9 +2,8 @@
 
 Each question names a target character; the reward is 1 when the response contains it.
 Targets are drawn from groups that an untrained tiny model (byte-level BPE, ~460 tokens)
-hits at different rates (with 32-token answers, ~25% for digits down to ~4% for
-punctuation), so questions land in
-every accuracy bucket and RL can raise the rates. That is what the ExGRPO machinery needs
+hits at different rates, from ~50% for common letters down to ~4% for punctuation, so
+questions land in every accuracy bucket, some get retired, and RL can raise the rates. That is what the ExGRPO machinery needs
 to be exercised end to end: partly-solved questions, retirements and a rising solve rate.
 
 Rows follow verl's parquet schema (data_source, prompt, ability, reward_model, extra_info)
@@ -17,8 +16,9 @@ import random
 from pathlib import Path
 
 DATA_SOURCE = "char_hunt"
-# Target groups from frequent to rare under an untrained tiny model.
-TARGET_GROUPS = ("0123456789", "bvgq", "wkx", "(\\+=")
+# Target groups from frequent to rare under an untrained tiny model (hit rates with 32-token
+# answers: ~40-60%, ~25%, ~15%, ~10%, ~4%). The first group gets solved K/K and retired early.
+TARGET_GROUPS = ("etr", "0123456789", "bvgq", "wkx", "(\\+=")
 
 
 def make_rows(num_questions: int, seed: int = 0, split: str = "train", first_index: int = 0) -> list[dict]:

@@ -1,0 +1,85 @@
+"""An observing subclass of the real ExGRPO trainer, for end-to-end tests.
+
+It changes nothing: after each real hook it records what happened (group composition,
+rollout requests served, the old log-probs written for replayed rows, the state restored
+from a checkpoint) as JSON lines in $EXGRPO_OBSERVE_PATH. Loaded into verl's task runner
+with VERL_USE_EXTERNAL_MODULES=observed_trainer (this folder on PYTHONPATH) and selected
+with trainer.v1.trainer_mode=exgrpo_observed.
+"""
+
+import json
+import os
+from collections import Counter
+
+import ray
+import transfer_queue as tq
+
+from exgrpo_verl import cpu_runtime
+
+cpu_runtime.activate()  # external modules load before verl's plugins; the platform must exist first
+
+from exgrpo_verl.verl_adapters.trainer import ExGRPOTrainer  # noqa: E402
+from verl.trainer.ppo.v1.trainer_base import register_trainer  # noqa: E402
+
+
+def _record(kind: str, **payload) -> None:
+    with open(os.environ["EXGRPO_OBSERVE_PATH"], "a") as f:
+        f.write(json.dumps({"kind": kind, **payload}) + "\n")
+
+
+@register_trainer("exgrpo_observed")
+class ObservedExGRPOTrainer(ExGRPOTrainer):
+    def _requests_served(self) -> int:
+        # Imported here: this module loads while verl imports, also inside the rollout server.
+        from exgrpo_verl.cpu_runtime.hf_rollout import server_actor_name
+
+        return ray.get(ray.get_actor(server_actor_name(0)).stats.remote())["generate_calls"]
+
+    def prepare_step(self):
+        self._requests_before = self._requests_served()
+        self._retired_before = sorted(self.experience.retired_ids)
+        return super().prepare_step()
+
+    def _insert_replayed_rows(self, batch, metrics):
+        experience = dict(self._experience_uids)
+        rows_before = Counter(key.rsplit("_", 2)[0] for key in batch.keys)
+        batch = super()._insert_replayed_rows(batch, metrics)
+        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["is_replay", "index"])
+        flags = rows["is_replay"].tolist()
+        members, replayed = Counter(), Counter()
+        for key, flag in zip(batch.keys, flags):
+            uid = key.rsplit("_", 2)[0]
+            members[uid] += 1
+            replayed[uid] += int(flag)
+        _record(
+            "composition",
+            step=self.global_steps,
+            experience_groups={uid: {"question": qid, "fresh_rows": rows_before[uid], "members": members[uid], "replayed": replayed[uid]} for uid, qid in experience.items()},
+            fresh_groups={uid: {"members": members[uid], "replayed": replayed[uid]} for uid in members if uid not in experience},
+            requests_served=self._requests_served() - self._requests_before,
+            questions=sorted({int(i) for i in rows["index"]}),
+            retired_before=self._retired_before,
+            group_size=self.group_size,
+        )
+        return batch
+
+    def _compute_old_log_prob(self, batch, metrics):
+        batch = super()._compute_old_log_prob(batch, metrics)
+        keys = [key for key in batch.keys if key in self._replayed]
+        if keys:
+            written = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["old_log_probs"])["old_log_probs"].unbind()
+            diffs = [float((w.float() - self._replayed[k].float()).abs().max()) for k, w in zip(keys, written)]
+            _record("old_log_probs", step=self.global_steps, replayed_rows=len(keys), max_abs_diff=max(diffs))
+        return batch
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if self.global_steps:
+            _record(
+                "restored",
+                step=self.global_steps,
+                replay_started=self.replay_started,
+                retired=sorted(self.experience.retired_ids),
+                buffer_metrics=self.experience.metrics(),
+                fresh_carry=list(self._fresh_carry),
+            )

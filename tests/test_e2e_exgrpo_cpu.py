@@ -1,0 +1,124 @@
+"""ExGRPO through verl's real `main_ppo` stack on the CPU (tiny Qwen2, toy task, Ray,
+TransferQueue, FSDP2 actor, `hf` rollout): delayed start, mixed groups, rollout counts,
+stored old log-probs, metrics, retirement, and a resume that restores the buffer.
+
+The trainer is the real ExGRPOTrainer seen through an observing subclass
+(tests/e2e_support/observed_trainer.py) that only records what each hook did."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exgrpo_verl.cpu_runtime.launch import cpu_run_overrides, read_metrics, run_training
+from exgrpo_verl.experience import ExperienceBuffer
+from exgrpo_verl.tasks import char_hunt
+
+BATCH, K, FIRST_STEPS, MORE_STEPS = 8, 4, 6, 2
+THRESHOLD = 0.1
+SUPPORT = Path(__file__).parent / "e2e_support"
+
+
+def _train(model, train, val, out: Path, total_steps: int, resume: bool, extra: tuple = ()):
+    overrides = cpu_run_overrides(
+        str(model), str(train), str(val), batch_size=BATCH, rollouts_per_question=K, max_response_length=32,
+        total_steps=total_steps, output_dir=str(out), reward_path=char_hunt.__file__,
+    ) + [
+        "trainer.v1.trainer_mode=exgrpo_observed",
+        f"exgrpo.start_solve_rate={THRESHOLD}",
+        "exgrpo.sampler_poll_interval_s=0.05",
+        "actor_rollout_ref.actor.optim.lr=1e-3",
+        "trainer.save_freq=3",
+        *extra,
+    ]
+    if resume:
+        overrides = [o for o in overrides if not o.startswith("trainer.resume_mode=")] + ["trainer.resume_mode=auto"]
+    observe = out / "observations.jsonl"
+    metrics = out / f"metrics_{total_steps}.jsonl"
+    log = out / f"train_{total_steps}.log"
+    env = {"PYTHONPATH": str(SUPPORT), "VERL_USE_EXTERNAL_MODULES": "observed_trainer", "EXGRPO_OBSERVE_PATH": str(observe)}
+    result = run_training(overrides, str(log), str(metrics), extra_env=env)
+    assert result.returncode == 0, log.read_text()[-6000:]
+    observations = [json.loads(line) for line in observe.read_text().splitlines()]
+    return read_metrics(str(metrics)), observations
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_qwen2, char_hunt_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exgrpo_run")
+    train, val = char_hunt_files
+    steps, observations = _train(tiny_qwen2, train, val, out, FIRST_STEPS, resume=False)
+    return out, steps, observations
+
+
+def test_replay_starts_once_the_solve_rate_passes_the_threshold(first_run):
+    _, steps, _ = first_run
+    assert [row["step"] for row in steps] == list(range(1, FIRST_STEPS + 1))
+    best_so_far = 0.0
+    for row in steps:
+        best_so_far = max(best_so_far, row["exgrpo/solve_rate"])
+        assert row["exgrpo/replay_active"] == float(best_so_far > THRESHOLD), row["step"]
+    assert steps[-1]["exgrpo/replay_active"] == 1.0
+
+
+def test_experience_groups_have_k_members_one_replayed_and_k_minus_1_requests(first_run):
+    _, _, observations = first_run
+    compositions = [o for o in observations if o["kind"] == "composition"]
+    assert compositions, "no step replayed experience"
+    for record in compositions:
+        experience, fresh = record["experience_groups"], record["fresh_groups"]
+        assert experience
+        for group in experience.values():
+            assert group == {**group, "fresh_rows": K - 1, "members": K, "replayed": 1}
+        for group in fresh.values():
+            assert group == {"members": K, "replayed": 0}
+        assert len(experience) + len(fresh) == BATCH
+        # The rollout served K-1 requests per experience question: its replayed slot was never generated.
+        assert record["requests_served"] == (K - 1) * len(experience) + K * len(fresh)
+
+
+def test_replayed_rows_train_against_their_stored_log_probs(first_run):
+    _, _, observations = first_run
+    written = [o for o in observations if o["kind"] == "old_log_probs"]
+    assert written and all(o["replayed_rows"] > 0 for o in written)
+    assert all(o["max_abs_diff"] == 0.0 for o in written)
+
+
+def test_exgrpo_metrics_are_logged(first_run):
+    _, steps, _ = first_run
+    replay_steps = [row for row in steps if row.get("exgrpo/replayed_questions", 0) > 0]
+    assert replay_steps
+    for row in replay_steps:
+        for key in ("exgrpo/replay_fraction", "exgrpo/replay_importance_weight_mean", "exgrpo/replay_shaped_weight_mean",
+                    "exgrpo/replayed_mean_age", "exgrpo/selection_tokens", "exgrpo/buffer/pool_size",
+                    "exgrpo/buffer/retired", "exgrpo/buffer/bucket/2"):
+            assert key in row, key
+        assert 0 < row["exgrpo/replay_fraction"] <= 0.5
+        assert 0 < row["exgrpo/replay_shaped_weight_mean"] < 1  # f(w) = w / (w + beta) < 1
+        assert row["exgrpo/selection_tokens"] > 0
+
+
+def test_retired_questions_are_never_fetched_again(first_run):
+    _, steps, observations = first_run
+    assert steps[-1]["exgrpo/buffer/retired"] > 0, "the easy targets should retire within a few steps"
+    for record in (o for o in observations if o["kind"] == "composition"):
+        assert not set(record["questions"]) & set(record["retired_before"]), record["step"]
+
+
+def test_resume_restores_buffer_phase_and_retired_set_and_continues(first_run, tiny_qwen2, char_hunt_files):
+    out, steps, _ = first_run
+    train, val = char_hunt_files
+    saved = out / "checkpoints" / f"global_step_{FIRST_STEPS}" / "exgrpo"
+    saved_state = json.loads((saved / "trainer_state.json").read_text())
+    saved_buffer = ExperienceBuffer.load(saved / "experience")
+
+    more, observations = _train(tiny_qwen2, train, val, out, FIRST_STEPS + MORE_STEPS, resume=True)
+    (restored,) = [o for o in observations if o["kind"] == "restored"]
+    assert restored["step"] == FIRST_STEPS
+    assert restored["replay_started"] == saved_state["replay_started"] == (steps[-1]["exgrpo/replay_active"] == 1.0)
+    assert restored["retired"] == sorted(saved_buffer.retired_ids)
+    assert restored["buffer_metrics"] == saved_buffer.metrics()
+    assert restored["fresh_carry"] == saved_state["fresh_carry"]
+    assert [row["step"] for row in more] == list(range(FIRST_STEPS + 1, FIRST_STEPS + MORE_STEPS + 1))
+    assert more[0]["exgrpo/replay_active"] == 1.0
+    assert more[0]["exgrpo/buffer/collected_total"] >= saved_buffer.metrics()["collected_total"]
