@@ -122,3 +122,13 @@ def test_resume_restores_buffer_phase_and_retired_set_and_continues(first_run, t
     assert [row["step"] for row in more] == list(range(FIRST_STEPS + 1, FIRST_STEPS + MORE_STEPS + 1))
     assert more[0]["exgrpo/replay_active"] == 1.0
     assert more[0]["exgrpo/buffer/collected_total"] >= saved_buffer.metrics()["collected_total"]
+
+
+def test_replay_ratio_zero_is_plain_grpo(tiny_qwen2, char_hunt_files, tmp_path):
+    train, val = char_hunt_files
+    steps, observations = _train(tiny_qwen2, train, val, tmp_path, 2, resume=False, extra=("exgrpo.replay_ratio=0",))
+    assert [row["step"] for row in steps] == [1, 2]
+    assert not [o for o in observations if o["kind"] in ("composition", "old_log_probs")]
+    for row in steps:
+        assert not [key for key in row if "exgrpo" in key], "no replay, no collection, verl's own loss"
+        assert row["critic/score/mean"] >= 0 and "actor/pg_loss" in row

@@ -1,0 +1,69 @@
+"""The `exgrpo:` config section, the trainer config composed through hydra, and the
+batch-mixing rules."""
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from exgrpo_verl.config import ExGRPOConfig
+from exgrpo_verl.main import CONFIG_DIR, check_config
+from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate
+
+
+@pytest.fixture(scope="module")
+def exgrpo_config():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name="exgrpo")
+
+
+def test_defaults_reproduce_the_release(exgrpo_config):
+    settings = check_config(exgrpo_config)
+    assert (settings.replay_ratio, settings.start_solve_rate, settings.loss.shaping_beta) == (0.5, 0.35, 0.1)
+    assert settings.loss.clip_on_policy_after_start is False and settings.collect_during_warmup is False
+    actor = exgrpo_config.actor_rollout_ref.actor
+    assert exgrpo_config.algorithm.adv_estimator == "exgrpo" and exgrpo_config.algorithm.norm_adv_by_std_in_grpo is False
+    assert (actor.loss_agg_mode, actor.loss_scale_factor, actor.entropy_coeff, actor.use_kl_loss) == ("seq-mean-token-sum-norm", 8192, 0.001, False)
+    assert (actor.optim.lr, actor.optim.weight_decay, actor.grad_clip) == (1e-6, 0.01, 1.0)
+    assert exgrpo_config.actor_rollout_ref.rollout.n == 8 and exgrpo_config.data.train_batch_size == 128
+    experience = settings.experience_config(group_size=8)
+    assert experience.selection_metric == "entropy" and experience.sigma == pytest.approx(1 / 8)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"replay_ratio": 1.0}, r"exgrpo.replay_ratio=1.0: must be a number in \[0, 1\)"),
+        ({"start_solve_rate": -0.1}, r"exgrpo.start_solve_rate=-0.1"),
+        ({"loss": {"shaping_beta": 0}}, r"exgrpo.loss.shaping_beta=0"),
+        ({"loss": {"beta": 0.1}}, r"exgrpo.loss: unknown keys \['beta'\]"),
+        ({"replay": 0.5}, r"exgrpo: unknown keys \['replay'\]"),
+        ({"experience": {"selection_metric": "shortest"}}, r"exgrpo.experience: .*selection_metric"),
+        ({"experience": {"group_size": 4}}, r"set actor_rollout_ref.rollout.n instead"),
+        ({"sampler_poll_interval_s": 0}, r"sampler_poll_interval_s=0"),
+    ],
+)
+def test_bad_values_name_the_key(values, message):
+    with pytest.raises(ValueError, match=message):
+        ExGRPOConfig.from_dict(values)
+
+
+def test_check_config_refuses_a_single_rollout(exgrpo_config):
+    config = exgrpo_config.copy()
+    config.actor_rollout_ref.rollout.n = 1
+    with pytest.raises(ValueError, match=r"actor_rollout_ref.rollout.n=1: ExGRPO needs K >= 2"):
+        check_config(config)
+
+
+def test_experience_share_of_the_batch():
+    assert experience_question_count(pool_size=1000, replay_ratio=0.5, batch_size=128) == 64
+    assert experience_question_count(pool_size=10, replay_ratio=0.5, batch_size=128) == 10  # the rest is fresh
+    assert experience_question_count(pool_size=1000, replay_ratio=0.0, batch_size=128) == 0
+    assert experience_question_count(pool_size=1000, replay_ratio=0.25, batch_size=6) == 2  # round(1.5)
+
+
+def test_delayed_start_is_one_way_and_off_without_replay():
+    assert solve_rate(np.array([1, 0, 0, 1.0])) == 0.5 and solve_rate(np.array([])) == 0.0
+    assert not replay_starts(False, 0.35, threshold=0.35, replay_ratio=0.5)  # must exceed
+    assert replay_starts(False, 0.36, threshold=0.35, replay_ratio=0.5)
+    assert replay_starts(True, 0.0, threshold=0.35, replay_ratio=0.5)  # never switches back
+    assert not replay_starts(False, 0.9, threshold=0.35, replay_ratio=0.0)
