@@ -212,9 +212,10 @@ def test_math_verify_off_the_main_thread():
 
 
 def test_math_verify_worker_is_replaced_after_missing_its_deadline(monkeypatch):
-    monkeypatch.setattr(graders._MathVerifyWorker, "DEADLINE_PER_TIMEOUT", 1e-6)
+    # The child needs >= 1 s (its first comparison runs into the 1 s alarm); the parent waits 0.2 s.
+    monkeypatch.setattr(graders._MathVerifyWorker, "DEADLINE_PER_TIMEOUT", 0.2)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        late = pool.submit(grade_math_verify, r"\boxed{1}", "1").result()
+        late = pool.submit(grade_math_verify, r"\boxed{10^{10^{10}}}", "100", 1).result()
         monkeypatch.undo()
         recovered = pool.submit(grade_math_verify, r"\boxed{1}", "1").result()
     assert late.outcome == GRADER_ERROR and "TimeoutError" in late.detail
