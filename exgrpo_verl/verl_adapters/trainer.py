@@ -261,7 +261,8 @@ class ExGRPOTrainer(PPOTrainerSync):
     # ---- 3. stored behaviour log-probs for replayed rows -------------------------------------
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._compute_old_log_prob(batch, metrics)
-        metrics["exgrpo/old_log_prob_tokens"] = sum(tag["seq_len"] for tag in batch.tags)
+        if self.settings.enabled:
+            metrics["exgrpo/old_log_prob_tokens"] = sum(tag["seq_len"] for tag in batch.tags)
         replay_keys = [key for key in batch.keys if key in self._replayed]
         if replay_keys:
             stored = torch.nested.nested_tensor([self._replayed[key] for key in replay_keys], layout=torch.jagged)

@@ -1,0 +1,490 @@
+"""The experience buffer: ExGRPO's memory of partly solved questions and their correct rollouts.
+
+One training step, as the trainer adapter drives it:
+
+    buf = ExperienceBuffer(ExperienceConfig(group_size=8, seed=0))
+    qids = buf.sample_questions(n)                  # experience questions for this step
+    for qid in qids:
+        cands = buf.candidates(qid)                 # Trajectory copies, oldest first
+        scores = ...                                # current-policy entropy, iff config.needs_forward_pass
+        traj = buf.select(qid, scores)              # the one to replay
+    buf.mark_replayed([traj.id, ...], step)
+    buf.update(step, [GroupResult(...), ...], store=True)   # collect; accuracies, buckets, retirement
+    buf.save(directory); buf = ExperienceBuffer.load(directory)
+
+What happens in `update`, per group of n rollouts with k correct (n = K, or K-1 for a replayed
+question whose replayed trajectory is not passed):
+- k == n: the question is retired for good (never sampled again; its trajectories are freed).
+- k == 0: accuracy 0; "drop_from_pool" takes it out of the pool (trajectories kept),
+  "keep_stale" leaves it in its old bucket.
+- 0 < k < n: accuracy k/n, bucket `bucket_of(k, n, K)` (the nearest count out of K); with
+  store=True every rollout that is correct, ended with EOS and has finite log-probs is stored
+  unless the question already holds the same token ids (then the per-question cap applies).
+A question is in the pool (sampleable) iff it has a bucket and holds at least one trajectory
+(a retired question has neither). After the groups, max_age_steps and then max_total_tokens evict the oldest
+trajectories (see `_enforce_token_cap`), and the token arena reclaims its holes (arena.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .arena import TokenArena
+from .config import ExperienceConfig
+from .persistence import RESUME_ADVICE, ArrayChunks, CheckpointError, read_checkpoint, write_checkpoint
+from .pool import QuestionPool
+from .results import CheckedGroup, GroupResult, check_group
+from .sampling import bucket_of, sample_questions
+from .selection import select_index
+
+EVICTION_REASONS = ("question_cap", "token_cap", "max_age", "retired")
+BYTES_PER_TOKEN = 8  # int32 token id + float32 log-prob
+DIGEST_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A stored trajectory, with copies of its arrays. Its age is `buffer.step - step`."""
+
+    id: int
+    question_id: int
+    step: int  # the step it was collected in
+    response_ids: np.ndarray  # int32
+    log_probs: np.ndarray  # float32, behaviour policy at collection
+    reward: float
+    entropy_mean: float | None  # token-mean entropy at collection, if entropies were given
+    replay_count: int
+    last_replayed_step: int | None
+
+
+@dataclass(frozen=True)
+class QuestionView:
+    """What the buffer knows about one question (copies)."""
+
+    question_id: int
+    accuracy: float  # latest k/n
+    bucket: int | None  # its pool bucket; None when it is not sampleable
+    num_trajectories: int
+    last_step: int  # the step of its latest result
+    prompt_ids: np.ndarray | None
+    payload: dict | None
+
+
+@dataclass(slots=True)
+class _Stored:
+    id: int
+    question_id: int
+    step: int
+    length: int
+    reward: float
+    entropy_mean: float | None
+    digest: bytes
+    replay_count: int = 0
+    last_replayed_step: int | None = None
+
+
+@dataclass(slots=True)
+class _Question:
+    accuracy: float
+    last_step: int
+    bucket: int | None = None  # from the latest result, after the zero-accuracy policy
+    traj_ids: list[int] = field(default_factory=list)  # collection order, oldest first
+    digests: dict[bytes, int] = field(default_factory=dict)  # token-id digest -> trajectory id
+    # Kept only while the question holds trajectories: they exist to rebuild a replay row.
+    prompt_ids: np.ndarray | None = None
+    payload: dict | None = None
+
+
+def token_digest(token_ids: np.ndarray) -> bytes:
+    """First 128 bits of the SHA-256 of a response's int32 token ids: the de-duplication key."""
+    return hashlib.sha256(token_ids).digest()[:DIGEST_BYTES]
+
+
+class ExperienceBuffer:
+    def __init__(self, config: ExperienceConfig | None = None):
+        self.config = config if config is not None else ExperienceConfig()
+        self._rng = np.random.default_rng(self.config.seed)
+        self.step = 0  # the step of the latest update
+        self._arena = TokenArena()
+        self._trajectories: OrderedDict[int, _Stored] = OrderedDict()  # id order = collection order
+        self._questions: dict[int, _Question] = {}
+        self._retired: set[int] = set()
+        self._pool = QuestionPool(self.config.group_size)
+        self._next_id = 0
+        self._step_sum = 0  # sum of the stored trajectories' collection steps, for the mean age
+        self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
+        self._counters = {"collected_total": 0, "duplicates_skipped": 0, "replays_total": 0}
+        self._replayed_stored = 0  # stored trajectories replayed at least once
+
+    # ---- collect ---------------------------------------------------------------------------
+    def update(self, step: int, groups: Sequence[GroupResult], store: bool = True) -> None:
+        """Record one step's results; with store=False (warm-up) only accuracies and retirement change.
+
+        The whole step is validated before anything changes. Groups are applied in order, so a
+        question that appears twice ends with the later group's accuracy.
+        """
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < self.step:
+            raise ValueError(f"update: step={step!r} must be an int >= the previous step {self.step}")
+        require_entropies = store and self.config.selection_metric == "stored_entropy"
+        checked = [check_group(group, self.config.group_size, require_entropies) for group in groups]
+        self.step = int(step)
+        for group in checked:
+            self._apply(group, store)
+        self._evict_stale()
+        self._enforce_token_cap()
+        self._arena.compact()
+
+    def _apply(self, group: CheckedGroup, store: bool) -> None:
+        qid = group.question_id
+        if qid in self._retired:  # retirement is permanent; late results are ignored
+            return
+        k, n = group.num_correct, group.num_rollouts
+        question = self._questions.setdefault(qid, _Question(accuracy=k / n, last_step=self.step))
+        question.accuracy, question.last_step = k / n, self.step
+        if k == n:
+            self._retire(qid, question)
+            return
+        if k == 0:
+            if self.config.zero_accuracy_policy == "drop_from_pool":
+                question.bucket = None
+        else:
+            question.bucket = bucket_of(k, n, self.config.group_size)
+            if store:
+                self._store(qid, question, group)
+        if question.traj_ids:
+            if group.prompt_ids is not None:
+                question.prompt_ids = group.prompt_ids
+            if group.payload is not None:
+                question.payload = group.payload
+        self._sync_pool(qid)
+
+    def _store(self, qid: int, question: _Question, group: CheckedGroup) -> None:
+        for rollout in group.storable:
+            digest = token_digest(rollout.token_ids)
+            if digest in question.digests:
+                self._counters["duplicates_skipped"] += 1
+                continue
+            record = _Stored(id=self._next_id, question_id=qid, step=self.step, length=rollout.token_ids.shape[0],
+                             reward=1.0, entropy_mean=rollout.entropy_mean, digest=digest)
+            self._arena.append(record.id, rollout.token_ids, rollout.log_probs)
+            self._next_id += 1
+            self._trajectories[record.id] = record
+            question.traj_ids.append(record.id)
+            question.digests[digest] = record.id
+            self._step_sum += record.step
+            self._counters["collected_total"] += 1
+            if len(question.traj_ids) > self.config.max_trajectories_per_question:
+                self._evict(self._trajectories[question.traj_ids[0]], "question_cap")
+
+    def _retire(self, qid: int, question: _Question) -> None:
+        """Out of the pool for good: no bucket, no trajectories, and `_apply` ignores it from now on."""
+        question.bucket = None
+        self._retired.add(qid)
+        for traj_id in list(question.traj_ids):
+            self._evict(self._trajectories[traj_id], "retired")
+        self._sync_pool(qid)
+
+    def _sync_pool(self, qid: int) -> None:
+        """Keep the pool equal to: has a bucket and holds a trajectory (retired questions have neither)."""
+        question = self._questions[qid]
+        self._pool.place(qid, question.bucket if question.traj_ids else None)
+
+    # ---- eviction --------------------------------------------------------------------------
+    def _oldest(self) -> _Stored:
+        return next(iter(self._trajectories.values()))
+
+    def _evict_stale(self) -> None:
+        """Evict trajectories with age = step - step_collected > max_age_steps (oldest first)."""
+        if self.config.max_age_steps is None:
+            return
+        while self._trajectories and self.step - self._oldest().step > self.config.max_age_steps:
+            self._evict(self._oldest(), "max_age")
+
+    def _enforce_token_cap(self) -> None:
+        """Evict the globally oldest trajectories until the stored tokens fit max_total_tokens.
+
+        Oldest first even when it is a question's last trajectory: a question whose newest
+        success is the oldest thing in the buffer has the most off-policy data, and it returns
+        to the pool as soon as it is solved partly again (its accuracy is kept).
+        """
+        if self.config.max_total_tokens is None:
+            return
+        while self._arena.live > self.config.max_total_tokens:
+            self._evict(self._oldest(), "token_cap")
+
+    def _evict(self, record: _Stored, reason: str) -> None:
+        del self._trajectories[record.id]
+        question = self._questions[record.question_id]
+        question.traj_ids.remove(record.id)
+        del question.digests[record.digest]
+        if not question.traj_ids:
+            question.prompt_ids = question.payload = None
+        self._arena.release(record.id)
+        self._step_sum -= record.step
+        self._replayed_stored -= record.replay_count > 0
+        self._evictions[reason] += 1
+        self._sync_pool(record.question_id)
+
+    # ---- sampling and selection ------------------------------------------------------------
+    def sample_questions(self, n: int) -> list[int]:
+        """min(n, pool size) distinct pooled question ids, by config.question_sampling."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"sample_questions: n={n!r} must be an int >= 0")
+        cfg = self.config
+        return sample_questions(self._pool, int(n), cfg.question_sampling, cfg.bucket_mu, cfg.sigma, self._rng)
+
+    def _candidate_records(self, qid: int) -> list[_Stored]:
+        """The question's most recent max_candidates_per_question trajectories, oldest first."""
+        question = self._questions.get(qid)
+        if question is None:
+            return []
+        return [self._trajectories[t] for t in question.traj_ids[-self.config.max_candidates_per_question:]]
+
+    def candidates(self, qid: int) -> list[Trajectory]:
+        """What `select` chooses from, in the order `scores` must follow ([] if none stored)."""
+        return [self._view(record) for record in self._candidate_records(qid)]
+
+    def select(self, qid: int, scores=None) -> Trajectory:
+        """The trajectory to replay; `scores` (one per candidate) iff config.needs_forward_pass."""
+        records = self._candidate_records(qid)
+        if not records:
+            raise ValueError(f"select: question {qid} has no stored trajectories")
+        index = select_index(self.config.selection_metric, [r.entropy_mean for r in records], scores, self._rng)
+        return self._view(records[index])
+
+    def mark_replayed(self, traj_ids: Iterable[int], step: int) -> None:
+        """Count one replay of each trajectory at `step` (all ids are checked first)."""
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"mark_replayed: step={step!r} must be an int >= 0")
+        records = []
+        for traj_id in traj_ids:
+            record = self._trajectories.get(int(traj_id))
+            if record is None:
+                raise ValueError(f"mark_replayed: trajectory {traj_id} is not stored (never collected or evicted)")
+            records.append(record)
+        for record in records:
+            self._replayed_stored += record.replay_count == 0
+            record.replay_count += 1
+            record.last_replayed_step = int(step)
+            self._counters["replays_total"] += 1
+
+    def _view(self, record: _Stored) -> Trajectory:
+        response_ids, log_probs = self._arena.read(record.id)
+        return Trajectory(id=record.id, question_id=record.question_id, step=record.step,
+                          response_ids=response_ids, log_probs=log_probs, reward=record.reward,
+                          entropy_mean=record.entropy_mean, replay_count=record.replay_count,
+                          last_replayed_step=record.last_replayed_step)
+
+    # ---- questions -------------------------------------------------------------------------
+    def question(self, qid: int) -> QuestionView | None:
+        """What the buffer knows about a question; None if it never saw it."""
+        question = self._questions.get(qid)
+        if question is None:
+            return None
+        return QuestionView(
+            question_id=qid, accuracy=question.accuracy, bucket=self._pool.bucket(qid),
+            num_trajectories=len(question.traj_ids), last_step=question.last_step,
+            prompt_ids=None if question.prompt_ids is None else question.prompt_ids.copy(),
+            payload=copy.deepcopy(question.payload))
+
+    def is_retired(self, qid: int) -> bool:
+        return qid in self._retired
+
+    @property
+    def retired_ids(self) -> frozenset[int]:
+        """Questions solved K/K: the data sampler should skip them."""
+        return frozenset(self._retired)
+
+    # ---- metrics ---------------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """Flat numbers for the logger (the caller adds its own prefix)."""
+        stored = len(self._trajectories)
+        prompt_tokens = sum(q.prompt_ids.size for q in self._questions.values() if q.prompt_ids is not None)
+        metrics = {
+            "pool_size": len(self._pool),
+            "questions_known": len(self._questions),
+            "retired": len(self._retired),
+            "trajectories": stored,
+            "tokens": self._arena.live,
+            "bytes": BYTES_PER_TOKEN * self._arena.live + 4 * prompt_tokens,
+            "mean_age": self.step - self._step_sum / stored if stored else 0.0,
+            "max_age": self.step - self._oldest().step if stored else 0.0,
+            "replayed_trajectories": self._replayed_stored,
+            **self._counters,
+        }
+        for bucket, size in zip(range(1, self.config.group_size), self._pool.sizes()):
+            metrics[f"bucket/{bucket}"] = size
+        for reason, count in self._evictions.items():
+            metrics[f"evicted/{reason}"] = count
+        return {key: float(value) for key, value in metrics.items()}
+
+    # ---- persistence -----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write a checkpoint directory atomically (format: persistence.py)."""
+        arrays, state = self._export_state()
+        write_checkpoint(directory, arrays, state)
+
+    @classmethod
+    def load(cls, directory: str | Path, config: ExperienceConfig | None = None) -> "ExperienceBuffer":
+        """A new buffer from a checkpoint; `config` (same group_size) replaces the saved config.
+
+        Raises CheckpointError, naming the file and the problem, for a missing, truncated,
+        corrupt, wrong-version or mismatched checkpoint; nothing that exists is modified.
+        """
+        arrays, state = read_checkpoint(directory)
+        try:
+            buf = cls._from_state(arrays, state)
+        except Exception as error:  # the files passed their checksums: a writer bug or a hand edit
+            raise CheckpointError(f"experience checkpoint {directory}: contents are inconsistent ({error!r}). "
+                                  f"{RESUME_ADVICE}") from None
+        if config is not None:
+            if config.group_size != buf.config.group_size:
+                raise CheckpointError(
+                    f"experience checkpoint {directory}: saved with group_size={buf.config.group_size}, but this "
+                    f"run has group_size={config.group_size}; buckets are counts out of K, so the buffer cannot "
+                    f"carry over. Use group_size={buf.config.group_size} or start with a fresh buffer.")
+            buf.config = config  # new caps apply from the next update; the RNG keeps its saved state
+        return buf
+
+    def _export_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The whole buffer as named flat arrays and a JSON-able dict."""
+        records = list(self._trajectories.values())
+        questions = list(self._questions.items())
+        prompts = [q.prompt_ids for _, q in questions if q.prompt_ids is not None]
+        prompt_lengths = [-1 if q.prompt_ids is None else q.prompt_ids.size for _, q in questions]
+        buckets, live = range(1, self.config.group_size), self._arena.live
+        arrays = {
+            "tokens": ArrayChunks(np.int32, live, (ids for ids, _ in self._arena.pieces(self._trajectories))),
+            "log_probs": ArrayChunks(np.float32, live, (logp for _, logp in self._arena.pieces(self._trajectories))),
+            "traj_id": np.array([r.id for r in records], dtype=np.int64),
+            "traj_question_id": np.array([r.question_id for r in records], dtype=np.int64),
+            "traj_step": np.array([r.step for r in records], dtype=np.int64),
+            "traj_length": np.array([r.length for r in records], dtype=np.int64),
+            "traj_reward": np.array([r.reward for r in records], dtype=np.float64),
+            "traj_entropy_mean": np.array([_or(r.entropy_mean, np.nan) for r in records], dtype=np.float64),
+            "traj_replay_count": np.array([r.replay_count for r in records], dtype=np.int64),
+            "traj_last_replayed_step": np.array([_or(r.last_replayed_step, -1) for r in records], dtype=np.int64),
+            "traj_digest": np.frombuffer(b"".join(r.digest for r in records), dtype=np.uint8).reshape(-1, DIGEST_BYTES),
+            "question_id": np.array([qid for qid, _ in questions], dtype=np.int64),
+            "question_accuracy": np.array([q.accuracy for _, q in questions], dtype=np.float64),
+            "question_last_step": np.array([q.last_step for _, q in questions], dtype=np.int64),
+            "question_bucket": np.array([_or(q.bucket, -1) for _, q in questions], dtype=np.int64),
+            "question_prompt_length": np.array(prompt_lengths, dtype=np.int64),
+            "prompt_tokens": np.concatenate(prompts) if prompts else np.zeros(0, dtype=np.int32),
+            "pool_members": np.array([qid for b in buckets for qid in self._pool.members(b)], dtype=np.int64),
+            "pool_sizes": self._pool.sizes(),
+            "retired": np.array(sorted(self._retired), dtype=np.int64),
+        }
+        state = {
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "next_id": self._next_id,
+            "rng": self._rng.bit_generator.state,
+            "evictions": self._evictions,
+            "counters": self._counters,
+            "payloads": {str(qid): q.payload for qid, q in questions if q.payload is not None},
+        }
+        return arrays, state
+
+    @classmethod
+    def _from_state(cls, arrays: dict[str, np.ndarray], state: dict) -> "ExperienceBuffer":
+        """The inverse of `_export_state`; raises on anything inconsistent."""
+        buf = cls(ExperienceConfig.from_dict(state["config"]))
+        buf._rng.bit_generator.state = state["rng"]
+        buf.step, buf._next_id = int(state["step"]), int(state["next_id"])
+        buf._evictions = {reason: int(state["evictions"][reason]) for reason in EVICTION_REASONS}
+        buf._counters = {name: int(state["counters"][name]) for name in buf._counters}
+        buf._retired = set(_column(arrays, "retired", np.int64).tolist())
+        buf._restore_questions(arrays, {int(qid): payload for qid, payload in state["payloads"].items()})
+        buf._restore_trajectories(arrays)
+        buf._restore_pool(arrays)
+        return buf
+
+    def _restore_questions(self, arrays: dict[str, np.ndarray], payloads: dict[int, dict]) -> None:
+        q = _columns(arrays, "question_", id=np.int64, accuracy=np.float64, last_step=np.int64, bucket=np.int64,
+                     prompt_length=np.int64)
+        prompt_tokens = _column(arrays, "prompt_tokens", np.int32)
+        has_prompt = q["prompt_length"] >= 0
+        _check(q["prompt_length"][has_prompt].sum() == prompt_tokens.size, "prompt lengths != prompt_tokens size")
+        prompts = iter(np.split(prompt_tokens, np.cumsum(q["prompt_length"][has_prompt])[:-1]))
+        columns = zip(q["id"].tolist(), q["accuracy"].tolist(), q["last_step"].tolist(), q["bucket"].tolist(),
+                      has_prompt.tolist())
+        for qid, accuracy, last_step, bucket, prompt in columns:
+            self._questions[qid] = _Question(
+                accuracy=accuracy, last_step=last_step, bucket=_none_if(bucket < 0, bucket),
+                prompt_ids=next(prompts).copy() if prompt else None, payload=payloads.get(qid))
+
+    def _restore_trajectories(self, arrays: dict[str, np.ndarray]) -> None:
+        """Records in collection order, their spans copied from the (memory-mapped) token arrays."""
+        t = _columns(arrays, "traj_", id=np.int64, question_id=np.int64, step=np.int64, length=np.int64,
+                     reward=np.float64, entropy_mean=np.float64, replay_count=np.int64, last_replayed_step=np.int64)
+        digests = _column(arrays, "traj_digest", np.uint8, ndim=2)
+        tokens, log_probs = _column(arrays, "tokens", np.int32), _column(arrays, "log_probs", np.float32)
+        _check(len(digests) == len(t["id"]), "traj_digest length")
+        _check(tokens.size == log_probs.size == t["length"].sum(), "tokens / log_probs sizes != sum of traj_length")
+        _check(bool(np.all(np.diff(t["id"]) > 0)) and not (t["id"] >= self._next_id).any(),
+               "traj_id must increase and stay below next_id")
+        offsets = np.cumsum(t["length"]) - t["length"]
+        columns = zip(t["id"].tolist(), t["question_id"].tolist(), t["step"].tolist(), t["length"].tolist(),
+                      offsets.tolist(), t["reward"].tolist(), t["entropy_mean"].tolist(), t["replay_count"].tolist(),
+                      t["last_replayed_step"].tolist(), digests)
+        for traj_id, qid, step, length, offset, reward, entropy, replays, last_replayed, digest in columns:
+            record = _Stored(id=traj_id, question_id=qid, step=step, length=length, reward=reward,
+                             entropy_mean=_none_if(math.isnan(entropy), entropy), digest=digest.tobytes(),
+                             replay_count=replays, last_replayed_step=_none_if(last_replayed < 0, last_replayed))
+            question = self._questions[qid]
+            self._arena.append(traj_id, tokens[offset:offset + length], log_probs[offset:offset + length])
+            self._trajectories[traj_id] = record
+            question.traj_ids.append(traj_id)
+            question.digests[record.digest] = traj_id
+            self._step_sum += step
+            self._replayed_stored += replays > 0
+
+    def _restore_pool(self, arrays: dict[str, np.ndarray]) -> None:
+        """The saved member order of every bucket (seeded draws depend on it), checked against the questions."""
+        members, sizes = _column(arrays, "pool_members", np.int64), _column(arrays, "pool_sizes", np.int64)
+        _check(len(sizes) == self.config.group_size - 1 and sizes.sum() == len(members), "pool_sizes")
+        for bucket, bucket_members in zip(range(1, self.config.group_size), np.split(members, np.cumsum(sizes)[:-1])):
+            for qid in bucket_members.tolist():
+                self._pool.place(qid, bucket)
+        sampleable = {qid: q.bucket for qid, q in self._questions.items() if q.bucket is not None and q.traj_ids}
+        _check(len(self._pool) == len(sampleable) and all(self._pool.bucket(qid) == bucket
+                                                         for qid, bucket in sampleable.items()),
+               "pool does not match the questions")
+
+
+def _or(value, missing):
+    """`value`, or the file format's stand-in for None."""
+    return missing if value is None else value
+
+
+def _none_if(is_missing: bool, value):
+    """The inverse of `_or`: None where the file holds the stand-in."""
+    return None if is_missing else value
+
+
+def _check(condition, what: str) -> None:
+    if not condition:
+        raise ValueError(what)
+
+
+def _column(arrays: dict[str, np.ndarray], name: str, dtype, ndim: int = 1) -> np.ndarray:
+    array = arrays[name]
+    _check(array.dtype == dtype and array.ndim == ndim,
+           f"array {name!r}: {array.dtype} {array.shape}, expected {ndim}-D {np.dtype(dtype)}")
+    return array
+
+
+def _columns(arrays: dict[str, np.ndarray], prefix: str, **dtypes) -> dict[str, np.ndarray]:
+    """Same-length 1-D columns `prefix + key`, keyed by `key`."""
+    columns = {key: _column(arrays, prefix + key, dtype) for key, dtype in dtypes.items()}
+    _check(len({len(c) for c in columns.values()}) <= 1, f"columns {prefix}* differ in length")
+    return columns

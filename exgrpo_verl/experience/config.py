@@ -1,0 +1,101 @@
+"""Configuration of the experience manager, validated when it is built."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+QUESTION_SAMPLING = ("gaussian", "uniform")
+SELECTION_METRICS = ("entropy", "perplexity", "stored_entropy", "recent", "random")
+# Metrics whose scores the caller computes with a forward pass of the current policy.
+FORWARD_PASS_METRICS = ("entropy", "perplexity")
+ZERO_ACCURACY_POLICIES = ("drop_from_pool", "keep_stale")
+
+
+@dataclass(frozen=True)
+class ExperienceConfig:
+    """Every knob of the experience buffer.
+
+    group_size: K, rollouts per question group (buckets are k = 1..K-1).
+    bucket_mu, bucket_sigma: the Gaussian N(acc; mu, sigma) that weights buckets by accuracy;
+        sigma None means 1/K (one success in accuracy units, as in the paper).
+    question_sampling: "gaussian" (bucket-weighted) or "uniform" over the pool.
+    selection_metric: how one stored trajectory of a question is picked for replay:
+        "entropy" / "perplexity" (argmin of scores the caller computes under the current policy),
+        "stored_entropy" (argmin of the token-mean entropy recorded at collection),
+        "recent" (most recently collected), "random".
+    max_candidates_per_question: at most this many (the most recent) trajectories are candidates.
+    max_trajectories_per_question: per-question cap; storing beyond it evicts that question's oldest.
+    max_total_tokens: global cap on stored response tokens (8 bytes each: int32 id + float32 log-prob);
+        beyond it the globally oldest trajectories are evicted. None = unbounded.
+    max_age_steps: trajectories older than this many steps are evicted. None = no staleness limit.
+    zero_accuracy_policy: what a later 0/n result does to a pooled question:
+        "drop_from_pool" (accuracy 0, out of the pool, trajectories kept) or
+        "keep_stale" (stays in its old bucket, as the authors' release does).
+    seed: seed of the sampling RNG (its state is saved with the buffer).
+    """
+
+    group_size: int = 8
+    bucket_mu: float = 0.5
+    bucket_sigma: float | None = None
+    question_sampling: str = "gaussian"
+    selection_metric: str = "entropy"
+    max_candidates_per_question: int = 8
+    max_trajectories_per_question: int = 16
+    max_total_tokens: int | None = 400_000_000
+    max_age_steps: int | None = None
+    zero_accuracy_policy: str = "drop_from_pool"
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_int("group_size", self.group_size, minimum=2)
+        _check_real("bucket_mu", self.bucket_mu, "a finite number", lambda v: math.isfinite(v))
+        if self.bucket_sigma is not None:
+            _check_real("bucket_sigma", self.bucket_sigma, "a finite number > 0 or None",
+                        lambda v: math.isfinite(v) and v > 0)
+        _check_choice("question_sampling", self.question_sampling, QUESTION_SAMPLING)
+        _check_choice("selection_metric", self.selection_metric, SELECTION_METRICS)
+        _check_int("max_candidates_per_question", self.max_candidates_per_question, minimum=1)
+        _check_int("max_trajectories_per_question", self.max_trajectories_per_question, minimum=1)
+        if self.max_total_tokens is not None:
+            _check_int("max_total_tokens", self.max_total_tokens, minimum=1)
+        if self.max_age_steps is not None:
+            _check_int("max_age_steps", self.max_age_steps, minimum=0)
+        _check_choice("zero_accuracy_policy", self.zero_accuracy_policy, ZERO_ACCURACY_POLICIES)
+        _check_int("seed", self.seed, minimum=0)
+
+    @property
+    def sigma(self) -> float:
+        """The bucket Gaussian's standard deviation in accuracy units (default 1/K)."""
+        return 1.0 / self.group_size if self.bucket_sigma is None else float(self.bucket_sigma)
+
+    @property
+    def needs_forward_pass(self) -> bool:
+        """True when `select` needs scores computed under the current policy."""
+        return self.selection_metric in FORWARD_PASS_METRICS
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ExperienceConfig":
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"ExperienceConfig: unknown keys {unknown}")
+        return cls(**values)
+
+
+def _check_int(key, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"ExperienceConfig.{key} = {value!r}: must be an integer >= {minimum}")
+
+
+def _check_real(key, value, allowed, is_ok):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_ok(value):
+        raise ValueError(f"ExperienceConfig.{key} = {value!r}: must be {allowed}")
+
+
+def _check_choice(key, value, choices):
+    if value not in choices:
+        raise ValueError(f"ExperienceConfig.{key} = {value!r}: must be one of {list(choices)}")
