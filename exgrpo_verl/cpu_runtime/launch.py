@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from exgrpo_verl.cpu_runtime import SWITCH_ENV
 
@@ -97,23 +98,39 @@ def run_training(
     entry_module: str = "exgrpo_verl.main",
     extra_env: dict[str, str] | None = None,
     timeout_s: float = 1200,
-):
+    on_step=None,
+) -> subprocess.CompletedProcess:
     """Run a trainer entry module in a subprocess with the CPU runtime; its output goes to
-    `log_path`, its per-step metrics (verl's file logger, JSONL) to `metrics_path`."""
+    `log_path`, its per-step metrics (verl's file logger, JSONL) to `metrics_path`.
+    `on_step(row)` is called with each step's metrics as they appear (progress display)."""
     if metrics_path:
         overrides = [o for o in overrides if not o.startswith("trainer.logger=")] + ["trainer.logger=[console,file]"]
+    command = [sys.executable, "-m", entry_module, *overrides]
     with open(log_path, "w") as log:
-        return subprocess.run(
-            [sys.executable, "-m", entry_module, *overrides],
-            env={**cpu_env(metrics_path), **(extra_env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=timeout_s,
-        )
+        process = subprocess.Popen(command, env={**cpu_env(metrics_path), **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise subprocess.TimeoutExpired(command, timeout_s)
+            time.sleep(0.5)
+            seen = _report_new_steps(metrics_path, seen, on_step)
+        _report_new_steps(metrics_path, seen, on_step)
+    return subprocess.CompletedProcess(command, process.returncode)
+
+
+def _report_new_steps(metrics_path, seen: int, on_step) -> int:
+    if on_step is None or not metrics_path or not os.path.exists(metrics_path):
+        return seen
+    rows = read_metrics(metrics_path)
+    for row in rows[seen:]:
+        on_step(row)
+    return len(rows)
 
 
 def read_metrics(metrics_path: str) -> list[dict]:
     """Per-step metrics written by verl's file logger, in step order."""
     with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in f if line.endswith("\n")]  # a line being written is skipped
     return sorted(({"step": row["step"], **row["data"]} for row in rows), key=lambda row: row["step"])
