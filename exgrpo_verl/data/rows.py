@@ -168,11 +168,6 @@ def _is_nonempty_str(value) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def question_text(row: Mapping) -> str:
-    """The question of a row: its last (user) message."""
-    return row["prompt"][-1]["content"]
-
-
 def question_id(row: Mapping) -> str:
     """A stable id for a row's question: data source plus a hash of its prompt and ground truth.
     The release's files repeat a question (for avg@k) under one index; this id survives that."""

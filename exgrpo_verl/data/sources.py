@@ -151,12 +151,6 @@ EVAL_SOURCES = {
 SOURCES = {OPENR1.name: OPENR1, **EVAL_SOURCES}
 
 
-def get_source(name: str) -> Source:
-    if name not in SOURCES:
-        raise ValueError(f"unknown source {name!r}: expected one of {sorted(SOURCES)}")
-    return SOURCES[name]
-
-
 # ----------------------------------------------------------------------------------------------
 # Records in, rows out
 

@@ -9,7 +9,8 @@ the way verl's reward loop does: `tokenizer.decode(ids, skip_special_tokens=True
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from numbers import Integral
 from dataclasses import dataclass
 
 
@@ -41,9 +42,9 @@ def prompt_token_ids(tokenizer, prompt) -> list[int]:
     """Token ids of one prompt: given as ids, or as chat messages [{role, content}, ...] that are
     rendered with the tokenizer's chat template and the assistant turn opened."""
     items = list(prompt)
-    if items and all(isinstance(item, int) for item in items):
-        return items
-    if items and all(isinstance(item, dict) or hasattr(item, "keys") for item in items):
+    if items and all(isinstance(item, Integral) for item in items):  # numpy ints from parquet included
+        return [int(item) for item in items]
+    if items and all(isinstance(item, Mapping) for item in items):
         messages = [{"role": message["role"], "content": message["content"]} for message in items]
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids)
@@ -104,7 +105,7 @@ def _vllm_sampler(model_path, temperature, top_p, max_tokens, seed, tensor_paral
     def sample(prompt_ids, counts):
         params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens) for k in counts]
         outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=True)
-        return [[(list(sample.token_ids), sample.finish_reason) for sample in output.outputs] for output in outputs]
+        return [[(list(done.token_ids), done.finish_reason) for done in output.outputs] for output in outputs]
 
     return sample
 

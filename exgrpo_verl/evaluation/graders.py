@@ -52,7 +52,6 @@ CORRECT = "correct"
 INCORRECT = "incorrect"
 NO_ANSWER = "no_answer"
 GRADER_ERROR = "grader_error"
-OUTCOMES = (CORRECT, INCORRECT, NO_ANSWER, GRADER_ERROR)
 
 THINK_END = "</think>"
 MATH_VERIFY_TIMEOUT_S = 5  # per parse / per comparison; an int because signal.alarm takes whole seconds
@@ -61,7 +60,7 @@ NUMERIC_REL_TOL = 1e-6
 
 @dataclass(frozen=True)
 class GradeResult:
-    outcome: str  # one of OUTCOMES
+    outcome: str  # CORRECT, INCORRECT, NO_ANSWER or GRADER_ERROR
     extracted: str | None = None  # the answer text the grader compared, when it found one
     detail: str = ""  # why: for no_answer and grader_error
 
