@@ -1,9 +1,10 @@
 """Character hunt: a toy verifiable-reward task that a tiny random model sometimes solves.
 
-Each question names a target character; the reward is 1 when the response contains it.
-Targets are drawn from groups that an untrained tiny model (byte-level BPE, ~460 tokens)
-hits at different rates, from ~50% for common letters down to ~4% for punctuation, so
-questions land in every accuracy bucket, some get retired, and RL can raise the rates. That is what the ExGRPO machinery needs
+Each question names target characters; the reward is 1 when the response contains any of
+them. Targets come from groups that an untrained tiny model (byte-level BPE, ~460 tokens)
+hits at different rates, from ~90% for a set of common letters down to ~4% for one
+punctuation mark, so questions land in every accuracy bucket, the easy ones get solved
+K/K and retired within a few steps, and RL can raise the rates. That is what the ExGRPO machinery needs
 to be exercised end to end: partly-solved questions, retirements and a rising solve rate.
 
 Rows follow verl's parquet schema (data_source, prompt, ability, reward_model, extra_info)
@@ -16,9 +17,10 @@ import random
 from pathlib import Path
 
 DATA_SOURCE = "char_hunt"
-# Target groups from frequent to rare under an untrained tiny model (hit rates with 32-token
-# answers: ~40-60%, ~25%, ~15%, ~10%, ~4%). The first group gets solved K/K and retired early.
-TARGET_GROUPS = ("etr", "0123456789", "bvgq", "wkx", "(\\+=")
+# Target groups from frequent to rare under an untrained tiny model, with 32-token answers:
+# any of four common characters (~90%), then one character: a digit (~25%), a rarer letter
+# (~15%), a rare one (~10%), punctuation (~4%).
+TARGET_GROUPS = (("etr ", "sno ", "ait "), tuple("0123456789"), tuple("bvgq"), tuple("wkx"), tuple("(\\+="))
 
 
 def make_rows(num_questions: int, seed: int = 0, split: str = "train", first_index: int = 0) -> list[dict]:
@@ -29,7 +31,7 @@ def make_rows(num_questions: int, seed: int = 0, split: str = "train", first_ind
         rows.append(
             {
                 "data_source": DATA_SOURCE,
-                "prompt": [{"role": "user", "content": f"Write the character {target} somewhere in your answer."}],
+                "prompt": [{"role": "user", "content": f"Write any of the characters {target!r} in your answer."}],
                 "ability": "toy",
                 "reward_model": {"ground_truth": target, "style": "rule"},
                 "extra_info": {"index": first_index + offset, "split": split},
@@ -48,5 +50,5 @@ def write_parquet(path: str | Path, num_questions: int, seed: int = 0, split: st
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
-    """1.0 when the response contains the target character, else 0.0."""
-    return 1.0 if ground_truth and ground_truth in solution_str else 0.0
+    """1.0 when the response contains any of the target characters, else 0.0."""
+    return 1.0 if any(character in solution_str for character in ground_truth) else 0.0
