@@ -67,3 +67,25 @@ def test_delayed_start_is_one_way_and_off_without_replay():
     assert replay_starts(False, 0.36, threshold=0.35, replay_ratio=0.5)
     assert replay_starts(True, 0.0, threshold=0.35, replay_ratio=0.5)  # never switches back
     assert not replay_starts(False, 0.9, threshold=0.35, replay_ratio=0.0)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy=fsdp: FSDP1 cannot start without a GPU"),
+        ("exgrpo.replay_ratio=2", "exgrpo.replay_ratio=2: must be a number in [0, 1)"),
+    ],
+)
+def test_entry_point_refuses_bad_config_before_starting_anything(tiny_qwen2, char_hunt_files, tmp_path, change, message):
+    import subprocess
+    import sys
+
+    from exgrpo_verl.cpu_runtime.launch import cpu_env, cpu_run_overrides
+
+    train, val = char_hunt_files
+    overrides = [o for o in cpu_run_overrides(str(tiny_qwen2), str(train), str(val), output_dir=str(tmp_path))
+                 if not o.startswith(change.split("=")[0] + "=")] + [change]
+    result = subprocess.run([sys.executable, "-m", "exgrpo_verl.main", *overrides], env=cpu_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert "Started a local Ray instance" not in result.stderr + result.stdout
