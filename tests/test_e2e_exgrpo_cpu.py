@@ -39,6 +39,8 @@ def _train(model, train, val, out: Path, total_steps: int, resume: bool, extra: 
     env = {"PYTHONPATH": str(SUPPORT), "VERL_USE_EXTERNAL_MODULES": "observed_trainer", "EXGRPO_OBSERVE_PATH": str(observe)}
     result = run_training(overrides, str(log), str(metrics), extra_env=env)
     assert result.returncode == 0, log.read_text()[-6000:]
+    # Replayed rows must fit TransferQueue's fields exactly (one dtype per field, jagged packing).
+    assert "dtype mismatch" not in log.read_text() and "Falling back to strided layout" not in log.read_text()
     observations = [json.loads(line) for line in observe.read_text().splitlines()] if observe.exists() else []
     return read_metrics(str(metrics)), observations
 

@@ -18,7 +18,8 @@ PROB_TOLERANCE = 1e-3
 def test_grpo_trains_on_cpu_and_rollout_tracks_actor(tiny_qwen2, char_hunt_files, tmp_path):
     train, val = char_hunt_files
     overrides = cpu_run_overrides(
-        str(tiny_qwen2), str(train), str(val), total_steps=STEPS, output_dir=str(tmp_path), reward_path=char_hunt.__file__
+        str(tiny_qwen2), str(train), str(val), batch_size=8, total_steps=STEPS, output_dir=str(tmp_path),
+        max_response_length=32, reward_path=char_hunt.__file__,
     ) + [
         "algorithm.adv_estimator=grpo",
         # A large learning rate so that a rollout left on stale weights would show.
@@ -35,7 +36,8 @@ def test_grpo_trains_on_cpu_and_rollout_tracks_actor(tiny_qwen2, char_hunt_files
     assert [row["step"] for row in steps] == list(range(1, STEPS + 1))
     for row in steps:
         assert row["training/rollout_probs_diff_max"] < PROB_TOLERANCE, row["training/rollout_probs_diff_max"]
-        assert row["actor/grad_norm"] > 0
+    # A step whose groups are all solved or all failed has zero advantages and no gradient.
+    assert any(row["actor/grad_norm"] > 0 for row in steps)
     assert steps[0]["rollout_corr/training_log_ppl"] != steps[-1]["rollout_corr/training_log_ppl"]
 
     trained = load_file(tmp_path / "checkpoints" / f"global_step_{STEPS}" / "actor" / "huggingface" / "model.safetensors")

@@ -265,7 +265,11 @@ class ExGRPOTrainer(PPOTrainerSync):
             metrics["exgrpo/old_log_prob_tokens"] = sum(tag["seq_len"] for tag in batch.tags)
         replay_keys = [key for key in batch.keys if key in self._replayed]
         if replay_keys:
-            stored = torch.nested.nested_tensor([self._replayed[key] for key in replay_keys], layout=torch.jagged)
+            # TransferQueue keeps one dtype per field: write the stored log-probs in the dtype
+            # verl holds old log-probs in (bf16 on CPU). They were collected from that same
+            # field, so the cast is exact.
+            dtype = tq.kv_batch_get(keys=replay_keys[:1], partition_id=batch.partition_id, select_fields=["old_log_probs"])["old_log_probs"].dtype
+            stored = torch.nested.nested_tensor([self._replayed[key].to(dtype) for key in replay_keys], layout=torch.jagged)
             tq.kv_batch_put(keys=replay_keys, partition_id=batch.partition_id, fields=TensorDict({"old_log_probs": stored}, batch_size=len(replay_keys)))
         return batch
 
