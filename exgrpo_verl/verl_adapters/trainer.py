@@ -130,6 +130,12 @@ class ExGRPOTrainer(PPOTrainerSync):
         """One generation batch: this step's experience questions first, then fresh questions."""
         size = self.config.data.get("gen_batch_size", None) or self.config.data.train_batch_size
         experience, self._step_experience = self._step_experience[:size], self._step_experience[size:]
+        missing = [qid for qid in experience if qid not in self._position_of]
+        if missing:
+            raise ValueError(
+                f"questions {missing[:5]} of the experience buffer are not in data.train_files: resume with "
+                "the training data the checkpoint was made with"
+            )
         positions = [self._position_of[qid] for qid in experience]
         positions += self._take_fresh_positions(size - len(experience), exclude=set(experience))
 
@@ -144,14 +150,14 @@ class ExGRPOTrainer(PPOTrainerSync):
     def _take_fresh_positions(self, count: int, exclude: set[int]) -> list[int]:
         """Dataset positions of the next `count` questions in data-loader order that are not
         retired and not already in this step; rows fetched beyond `count` wait for the next step."""
-        epochs_without_progress = 0
+        fetches_without_progress = 0
         while len(self._fresh_carry) < count:
             before = len(self._fresh_carry)
             for qid in super()._fetch_one_gen_batch()["index"]:
                 if not self.experience.is_retired(int(qid)) and int(qid) not in exclude:
                     self._fresh_carry.append(self._position_of[int(qid)])
-            epochs_without_progress = epochs_without_progress + 1 if len(self._fresh_carry) == before else 0
-            if epochs_without_progress > len(self._position_of):
+            fetches_without_progress = fetches_without_progress + 1 if len(self._fresh_carry) == before else 0
+            if fetches_without_progress > len(self._position_of):  # more than a whole epoch
                 raise RuntimeError("every training question is retired (solved K/K): the data set is exhausted")
         taken, self._fresh_carry = self._fresh_carry[:count], self._fresh_carry[count:]
         return taken
