@@ -19,7 +19,16 @@ def _prompts(engine, count):
     ]
 
 
-def test_log_probs_match_a_full_forward_pass_for_left_padded_batches(engine):
+@pytest.fixture(scope="module")
+def tiny_llama_engine(tmp_path_factory):
+    from exgrpo_verl.tiny_models import TinyModelSpec, build_tiny_model
+
+    return HFGenerationEngine(str(build_tiny_model(TinyModelSpec(family="llama"), tmp_path_factory.mktemp("llama") / "m")))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_log_probs_match_a_full_forward_pass_for_left_padded_batches(family, request):
+    engine = request.getfixturevalue("engine" if family == "qwen2" else "tiny_llama_engine")
     prompts = _prompts(engine, 6)  # different lengths: exercises left padding and positions
     for temperature in (1.0, 0.7):
         outputs = engine.generate(prompts, SamplingParams(max_tokens=12, temperature=temperature, logprobs=True))
