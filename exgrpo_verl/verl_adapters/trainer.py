@@ -40,6 +40,7 @@ from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_r
 from exgrpo_verl.verl_adapters import checkpoint
 from exgrpo_verl.verl_adapters.loss import make_actor_loss_fn, replay_weight_means
 from exgrpo_verl.verl_adapters.rows import STEP_FIELDS, build_replayed_row, group_results_from_step, replayed_row_tag
+from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils import tensordict_utils as tu
@@ -246,7 +247,9 @@ class ExGRPOTrainer(PPOTrainerSync):
         tags = [replayed_row_tag({"status": "success"}, len(row["prompts"]), len(row["responses"])) for row in rows]
         tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(rows), tags=tags)
         candidates = KVBatchMeta(partition_id="train", keys=keys, tags=tags)
-        candidates = super()._balance_batch(candidates, metrics={})  # pads to the data-parallel size
+        # Inference only: pad to what the log-prob pass splits into (data-parallel ranks x
+        # micro-batches); verl's _balance_batch would pad to a whole PPO mini-batch of B*K rows.
+        candidates = upsample_batch_to_divisible_size(candidates, self._log_prob_batch_multiple(), self.tokenizer.eos_token_id)
         candidates.extra_info.update({"calculate_entropy": True, "compute_loss": False, "temperature": 1.0})
         self.actor_rollout_wg.compute_log_prob(candidates)
         data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["entropy", "log_probs", "response_mask"])
@@ -263,6 +266,17 @@ class ExGRPOTrainer(PPOTrainerSync):
         for qid, score in zip(owners, row_scores.tolist()):
             scores[qid].append(score)
         return {qid: np.asarray(values) for qid, values in scores.items()}
+
+    def _log_prob_batch_multiple(self) -> int:
+        """Rows a compute_log_prob batch must be a multiple of: the actor's data-parallel size
+        (read as verl's _balance_batch reads it) times the log-prob micro-batch, unless
+        micro-batches are sized by tokens."""
+        dispatch = self.actor_rollout_wg._dispatch_info
+        if "actor" not in dispatch:
+            dispatch["actor"] = self.actor_rollout_wg._query_dispatch_info("actor")
+        rollout = self.config.actor_rollout_ref.rollout
+        micro_batch = 1 if rollout.log_prob_use_dynamic_bsz else rollout.log_prob_micro_batch_size_per_gpu
+        return (max(dispatch["actor"]) + 1) * micro_batch
 
     # ---- 3. stored behaviour log-probs for replayed rows -------------------------------------
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
