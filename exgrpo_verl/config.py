@@ -90,10 +90,52 @@ class ExGRPOConfig:
             raise ValueError(f"exgrpo.loss: unknown keys {sorted(set(loss) - loss_keys)}; allowed: {sorted(loss_keys)}")
         config = cls(loss=ExGRPOLossConfig(**loss), **{k: v for k, v in values.items() if k != "experience"},
                      experience=dict(values.get("experience") or {}))
-        config.experience_config(group_size=8)  # validates the experience keys now, not mid-run
+        # Validate the experience keys now, not mid-run; none of their checks depends on K.
+        config.experience_config(group_size=_ANY_GROUP_SIZE)
         return config
+
+
+_ANY_GROUP_SIZE = 8
 
 
 def _require(condition: bool, key: str, value, allowed: str) -> None:
     if not condition:
         raise ValueError(f"exgrpo.{key}={value!r}: must be {allowed}")
+
+
+def incompatible_verl_settings(config) -> list[str]:
+    """verl options that ExGRPO's trainer would silently defeat, each with its fix.
+
+    `config` is the whole trainer config (verl's DictConfig, or anything with `.get`)."""
+    def select(path: str, default=None):
+        node = config
+        for key in path.split("."):
+            node = node.get(key) if node is not None and hasattr(node, "get") else None
+        return default if node is None else node
+
+    problems = []
+    loss_mode = select("actor_rollout_ref.actor.policy_loss.loss_mode", "vanilla")
+    if loss_mode != "vanilla":
+        problems.append(f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode}: ExGRPO replaces the policy loss "
+                        "(PPO clip on fresh tokens, shaped weight on replayed ones); set it to vanilla")
+    if select("algorithm.filter_groups.enable", False):
+        problems.append("algorithm.filter_groups.enable=True: DAPO filtering would judge experience groups before "
+                        "their replayed member joins them; set algorithm.filter_groups.enable=False")
+    if select("algorithm.rollout_correction.bypass_mode", False):
+        problems.append("algorithm.rollout_correction.bypass_mode=True: ExGRPO needs the old-log-prob pass (its "
+                        "entropies and the stored log-probs of replayed rows); set it to False")
+    if select("actor_rollout_ref.rollout.multi_turn.enable", False):
+        problems.append("actor_rollout_ref.rollout.multi_turn.enable=True: ExGRPO replays single-turn responses; "
+                        "set it to False")
+    if select("distillation.enabled", False):
+        problems.append("distillation.enabled=True: ExGRPO's loss would replace the distillation loss; set it to False")
+    sync_step = select("trainer.v1.sync.parameter_sync_step", 1)
+    if sync_step != 1:
+        problems.append(f"trainer.v1.sync.parameter_sync_step={sync_step}: ExGRPO mixes one batch per update; set it to 1")
+    return problems
+
+
+def raise_on_incompatible_verl_settings(config) -> None:
+    problems = incompatible_verl_settings(config)
+    if problems:
+        raise ValueError("ExGRPO cannot run with these verl settings:\n- " + "\n- ".join(problems))

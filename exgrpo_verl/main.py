@@ -14,7 +14,7 @@ from importlib.resources import files
 import hydra
 
 from exgrpo_verl import cpu_runtime_requested
-from exgrpo_verl.config import ExGRPOConfig
+from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 
 CONFIG_DIR = str(files("exgrpo_verl.trainer_configs"))
 
@@ -28,6 +28,8 @@ def check_config(config) -> ExGRPOConfig:
         raise ValueError(f"actor_rollout_ref.rollout.n={rollouts!r}: ExGRPO needs K >= 2 rollouts per question")
     settings = ExGRPOConfig.from_dict(OmegaConf.to_container(config.get("exgrpo") or {}, resolve=True))
     settings.experience_config(group_size=rollouts)
+    if settings.enabled:
+        raise_on_incompatible_verl_settings(config)
     if cpu_runtime_requested():
         from exgrpo_verl import cpu_runtime
 

@@ -89,3 +89,24 @@ def test_entry_point_refuses_bad_config_before_starting_anything(tiny_qwen2, cha
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert "Started a local Ray instance" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("actor_rollout_ref.actor.policy_loss.loss_mode", "gspo", "loss_mode=gspo: ExGRPO replaces the policy loss"),
+        ("algorithm.filter_groups.enable", True, "set algorithm.filter_groups.enable=False"),
+        ("algorithm.rollout_correction.bypass_mode", True, "needs the old-log-prob pass"),
+        ("actor_rollout_ref.rollout.multi_turn.enable", True, "multi_turn.enable=True"),
+        ("trainer.v1.sync.parameter_sync_step", 2, "parameter_sync_step=2"),
+    ],
+)
+def test_verl_options_exgrpo_would_defeat_are_refused(exgrpo_config, key, value, message):
+    from omegaconf import OmegaConf
+
+    config = exgrpo_config.copy()
+    OmegaConf.update(config, key, value, force_add=True)
+    with pytest.raises(ValueError, match=message):
+        check_config(config)
+    OmegaConf.update(config, "exgrpo.replay_ratio", 0.0)  # plain GRPO may use them
+    check_config(config)

@@ -341,7 +341,7 @@ def test_estimator_defaults_to_no_std_division_without_the_config_key():
     torch.testing.assert_close(advantages, torch.tensor([[0.5, 0.5, 0.0, 0.0], [-0.5, -0.5, 0.0, 0.0]]))
 
 
-def test_estimator_skips_verls_padding_rows_but_rejects_a_real_group_of_one():
+def test_estimator_skips_verls_padding_rows_and_zeroes_a_row_alone_in_its_group(caplog):
     # verl's synthetic padding rows: no response tokens, one shared uid (here a group of one)
     batch = outcome_batch(["q", "q", "pad"], [1.0, 0.0, 0.0], [2, 3, 0])
     advantages, _ = compute_exgrpo_outcome_advantage(
@@ -350,7 +350,8 @@ def test_estimator_skips_verls_padding_rows_but_rejects_a_real_group_of_one():
     torch.testing.assert_close(advantages[:, 0], torch.tensor([0.5, -0.5, 0.0]))
 
     lonely = outcome_batch(["q", "q", "lonely"], [1.0, 0.0, 1.0], [2, 3, 1])
-    with pytest.raises(ValueError, match="groups of one"):
-        compute_exgrpo_outcome_advantage(
-            lonely.batch["token_level_rewards"], lonely.batch["response_mask"], lonely.non_tensor_batch["uid"]
-        )
+    advantages, _ = compute_exgrpo_outcome_advantage(
+        lonely.batch["token_level_rewards"], lonely.batch["response_mask"], lonely.non_tensor_batch["uid"]
+    )
+    torch.testing.assert_close(advantages[:, 0], torch.tensor([0.5, -0.5, 0.0]))
+    assert "1 rows are alone in their group" in caplog.text

@@ -75,17 +75,21 @@ def test_top_k_one_samples_the_argmax(engine):
     assert [o.token_ids for o in greedy] == [o.token_ids for o in top1]
 
 
-def test_load_weights_changes_outputs_and_rejects_unknown_names(tiny_qwen2):
+def test_load_weights_changes_outputs_and_rejects_unknown_or_missing_names(tiny_qwen2):
     engine = HFGenerationEngine(str(tiny_qwen2))
     prompt = _prompts(engine, 1)[0]
     before = engine.generate([prompt], SamplingParams(max_tokens=6, temperature=0, logprobs=True))[0]
-    new_head = torch.randn_like(engine.model.lm_head.weight)
-    assert engine.load_weights([("lm_head.weight", new_head)]) == 1
-    assert torch.equal(engine.model.lm_head.weight, new_head)
+    update = {name: value.clone() for name, value in engine.model.named_parameters()}
+    update["lm_head.weight"] = torch.randn_like(update["lm_head.weight"])
+    assert engine.load_weights(update.items()) == len(update)
+    assert torch.equal(engine.model.lm_head.weight, update["lm_head.weight"])
     after = engine.generate([prompt], SamplingParams(max_tokens=6, temperature=0, logprobs=True))[0]
     assert after.log_probs != before.log_probs
-    with pytest.raises(KeyError, match="does not exist in the rollout model"):
-        engine.load_weights([("model.not_a_layer.weight", new_head)])
+    with pytest.raises(KeyError, match=r"unknown \['model.not_a_layer.weight'\]"):
+        engine.load_weights([*update.items(), ("model.not_a_layer.weight", update["lm_head.weight"])])
+    with pytest.raises(KeyError, match=r"missing \['lm_head.weight'\]"):
+        engine.load_weights([(name, value) for name, value in update.items() if name != "lm_head.weight"])
+    assert torch.equal(engine.model.lm_head.weight, update["lm_head.weight"]), "a refused update changes nothing"
 
 
 @pytest.mark.parametrize("bad", [dict(max_tokens=0), dict(max_tokens=4, temperature=-1), dict(max_tokens=4, top_p=0)])

@@ -119,3 +119,15 @@ def test_state_round_trips_and_bad_checkpoints_are_refused(tmp_path):
         checkpoint.load_state(tmp_path, buffer.config)
     with pytest.raises(CheckpointError, match="not written by an ExGRPO run"):
         checkpoint.load_state(tmp_path / "elsewhere", buffer.config)
+
+
+def test_state_of_checkpoints_verl_pruned_is_removed_too(tmp_path):
+    buffer = _buffer_with_data()
+    for step in (2, 4, 6):
+        checkpoint.save_state(tmp_path / f"global_step_{step}", buffer, checkpoint.TrainerState(False, [], 4))
+        (tmp_path / f"global_step_{step}" / "actor").mkdir()
+    (tmp_path / "global_step_2" / "actor").rmdir()  # as max_actor_ckpt_to_keep does
+    removed = checkpoint.remove_orphaned_states(tmp_path)
+    assert removed == [tmp_path / "global_step_2" / "exgrpo"]
+    assert not removed[0].exists()
+    assert (tmp_path / "global_step_4" / "exgrpo" / "trainer_state.json").exists()

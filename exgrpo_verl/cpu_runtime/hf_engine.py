@@ -96,18 +96,20 @@ class HFGenerationEngine:
     def load_weights(self, named_tensors) -> int:
         """Copy (name, tensor) pairs into the model; returns how many were loaded.
 
-        Unknown names raise: a silent mismatch would let the rollout sample from stale weights.
+        Unknown names raise, and so does an update that leaves a parameter out: either would
+        let the rollout sample from stale weights without anyone noticing.
         """
-        params = dict(self.model.named_parameters())
-        params.update(dict(self.model.named_buffers()))
-        loaded = 0
+        named_tensors = list(named_tensors)
+        targets = dict(self.model.named_parameters())
+        targets.update(dict(self.model.named_buffers()))
+        unknown = [name for name, _ in named_tensors if name not in targets]
+        missing = sorted(set(dict(self.model.named_parameters())) - {name for name, _ in named_tensors})
+        if unknown or missing:
+            raise KeyError(f"weight update does not match the rollout model: unknown {unknown[:5]}, missing {missing[:5]}")
         with self._lock:
             for name, tensor in named_tensors:
-                if name not in params:
-                    raise KeyError(f"weight '{name}' from the actor does not exist in the rollout model")
-                params[name].copy_(tensor.to(params[name].dtype))
-                loaded += 1
-        return loaded
+                targets[name].copy_(tensor.to(targets[name].dtype))
+        return len(named_tensors)
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[GenerationOutput]:
         outputs: list[GenerationOutput] = []

@@ -114,11 +114,13 @@ class HFRolloutServer:
                     outputs = await asyncio.to_thread(self.engine.generate, [r.prompt_ids for r in requests], params)
                 except Exception as error:  # hand the error to every waiting caller
                     for request in requests:
-                        request.future.set_exception(error)
+                        if not request.future.done():  # a caller may have been cancelled meanwhile
+                            request.future.set_exception(error)
                     continue
                 self.batches += 1
                 for request, output in zip(requests, outputs):
-                    request.future.set_result(output)
+                    if not request.future.done():
+                        request.future.set_result(output)
 
     async def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], global_steps: int | None = None):
         loaded = await asyncio.to_thread(self.engine.load_weights, named_tensors)
@@ -212,7 +214,10 @@ class HFServerAdapter(BaseRollout):
         if wire_format != "named_tensors":
             raise ValueError(f"the CPU rollout backend 'hf' takes wire_format='named_tensors', got {wire_format!r}")
         # Every rank must drain the generator (it may gather FSDP shards collectively);
-        # only the leader sends.
+        # only the leader keeps copies and sends them.
+        if not self.is_leader_rank:
+            for _ in weights:
+                pass
+            return
         named_tensors = [(name, tensor.detach().to("cpu", copy=True)) for name, tensor in weights]
-        if self.is_leader_rank:
-            await self._server_handle().load_weights.remote(named_tensors, global_steps=global_steps)
+        await self._server_handle().load_weights.remote(named_tensors, global_steps=global_steps)

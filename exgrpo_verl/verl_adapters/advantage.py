@@ -6,6 +6,9 @@ and index (the `uid` array), plus reward_baselines when the batch has them. Ever
 output there (single-turn), and the replayed trajectory is simply one more member of its group.
 """
 
+import logging
+from collections import Counter
+
 import numpy as np
 import torch
 
@@ -13,6 +16,8 @@ from exgrpo_verl.algorithm import group_advantage
 from verl.trainer.ppo.core_algos import register_adv_est
 
 ESTIMATOR_NAME = "exgrpo"
+
+logger = logging.getLogger(__name__)
 
 
 def compute_exgrpo_outcome_advantage(
@@ -28,8 +33,9 @@ def compute_exgrpo_outcome_advantage(
     The score r_i is the row's summed token-level reward; A_i is broadcast over its response tokens.
     `config.norm_adv_by_std_in_grpo` selects the std division; it defaults to False (the release)
     only when the key is absent: verl's own ppo_trainer.yaml sets it True, so ExGRPO's config sets it.
-    Rows without response tokens (verl's synthetic padding rows, which share one uid and can form a
-    group of one) take no part and get advantage 0; a real group of one raises ValueError.
+    Rows without response tokens (verl's synthetic padding rows, which share one uid) take no part
+    and get advantage 0. So does a row left alone in its group (its siblings' rollouts failed):
+    with no baseline it carries no signal, and one lost rollout must not end a long run.
     Extra keyword arguments verl may pass (reward_baselines, ...) are not used.
 
     Returns:
@@ -38,12 +44,15 @@ def compute_exgrpo_outcome_advantage(
     norm_by_std = config.get("norm_adv_by_std_in_grpo", False) if config is not None else False
     with torch.no_grad():
         scores = token_level_rewards.sum(dim=-1)
-        has_response = response_mask.sum(dim=-1) > 0
-        rows = has_response.nonzero().squeeze(-1)
+        with_response = (response_mask.sum(dim=-1) > 0).nonzero().squeeze(-1).tolist()
+        members = Counter(index[i] for i in with_response)
+        rows = [i for i in with_response if members[index[i]] > 1]
+        if len(rows) < len(with_response):
+            logger.warning("exgrpo advantage: %d rows are alone in their group (lost rollouts?); their advantage is 0",
+                           len(with_response) - len(rows))
         advantages = torch.zeros_like(scores)
-        advantages[rows] = group_advantage(
-            scores[rows], [index[i] for i in rows.tolist()], norm_by_std=norm_by_std, eps=epsilon
-        )
+        if rows:
+            advantages[rows] = group_advantage(scores[rows], [index[i] for i in rows], norm_by_std=norm_by_std, eps=epsilon)
         advantages = advantages.unsqueeze(-1) * response_mask
     return advantages, advantages
 

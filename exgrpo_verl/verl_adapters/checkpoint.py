@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ STATE_VERSION = 1
 @dataclass
 class TrainerState:
     replay_started: bool = False
-    fresh_carry: list[int] = field(default_factory=list)  # dataset positions
+    fresh_carry: list[int] = field(default_factory=list)  # question ids fetched, not yet trained on
     group_size: int = 0
 
 
@@ -49,9 +50,15 @@ def load_state(folder: str | os.PathLike, experience_config: ExperienceConfig) -
     try:
         raw = json.loads(state_file.read_text())
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{state_file} is unreadable ({error}); the checkpoint is corrupt") from error
+        raise CheckpointError(
+            f"{state_file} is unreadable ({error}); the checkpoint is corrupt: resume from an earlier "
+            "global_step_N (trainer.resume_mode=resume_path) or start anew"
+        ) from error
     if raw.get("version") != STATE_VERSION:
-        raise CheckpointError(f"{state_file}: format version {raw.get('version')!r}, this exgrpo-verl reads {STATE_VERSION}")
+        raise CheckpointError(
+            f"{state_file}: format version {raw.get('version')!r}, this exgrpo-verl reads {STATE_VERSION}: "
+            "resume with the exgrpo-verl version that wrote it"
+        )
     try:
         state = TrainerState(
             replay_started=bool(raw["replay_started"]),
@@ -59,7 +66,10 @@ def load_state(folder: str | os.PathLike, experience_config: ExperienceConfig) -
             group_size=int(raw["group_size"]),
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{state_file}: malformed field ({error}); the checkpoint is corrupt") from error
+        raise CheckpointError(
+            f"{state_file}: malformed field ({error}); the checkpoint is corrupt: resume from an earlier "
+            "global_step_N (trainer.resume_mode=resume_path) or start anew"
+        ) from error
     if state.group_size != experience_config.group_size:
         raise CheckpointError(
             f"{state_file}: saved with K={state.group_size} rollouts per question, but this run has "
@@ -67,6 +77,20 @@ def load_state(folder: str | os.PathLike, experience_config: ExperienceConfig) -
         )
     buffer = ExperienceBuffer.load(folder / "experience", experience_config)
     return buffer, state
+
+
+def remove_orphaned_states(checkpoint_root: str | os.PathLike) -> list[Path]:
+    """Delete `global_step_N/exgrpo/` wherever verl has deleted `global_step_N/actor/`.
+
+    verl's `max_actor_ckpt_to_keep` removes old actor folders only; a buffer can hold GBs, so
+    its state goes with the checkpoint it belongs to."""
+    removed = []
+    for step_folder in sorted(Path(checkpoint_root).glob("global_step_*")):
+        state = step_folder / STATE_DIR
+        if state.is_dir() and not (step_folder / "actor").exists():
+            shutil.rmtree(state)
+            removed.append(state)
+    return removed
 
 
 def _write_json_atomically(path: Path, payload: dict) -> None:

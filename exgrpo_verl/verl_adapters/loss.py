@@ -187,7 +187,7 @@ def replay_weight_means(actor_metrics: dict, prefix: str = "actor/") -> dict[str
     mini-batch; over several mini-batches the ratio of their averages. Empty when no token was
     replayed.
     """
-    fraction = actor_metrics[prefix + REPLAY_TOKEN_FRACTION]
+    fraction = actor_metrics.get(prefix + REPLAY_TOKEN_FRACTION, 0.0)  # absent when no update ran
     if fraction <= 0:
         return {}
     return {

@@ -34,7 +34,7 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 
 from exgrpo_verl.algorithm import trajectory_selection_score
-from exgrpo_verl.config import ExGRPOConfig
+from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 from exgrpo_verl.experience import ExperienceBuffer
 from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate
 from exgrpo_verl.verl_adapters import checkpoint
@@ -85,11 +85,14 @@ def _padded(nested: torch.Tensor) -> torch.Tensor:
 class ExGRPOTrainer(PPOTrainerSync):
     def __init__(self, config):
         self.settings = ExGRPOConfig.from_dict(OmegaConf.to_container(config.get("exgrpo") or {}, resolve=True))
+        if self.settings.enabled:
+            raise_on_incompatible_verl_settings(config)
         self.group_size = int(config.actor_rollout_ref.rollout.n)
         self.experience = ExperienceBuffer(self.settings.experience_config(self.group_size))
         self.replay_started = False
-        self._fresh_carry: list[int] = []  # dataset positions fetched, not yet given to a step
-        self._step_experience: list[int] = []  # question ids still to submit this step
+        self._fresh_carry: list[int] = []  # question ids fetched from the data loader, not yet used
+        self._step_questions: set[int] = set()  # every question of the current step
+        self._step_experience: list[int] = []  # experience question ids still to submit this step
         self._experience_uids: dict[str, int] = {}  # this step's experience prompt uid -> question id
         self._replayed: dict[str, torch.Tensor] = {}  # this step's replayed row key -> stored log-probs
         # verl's base class means "sync" wherever it checks the mode; ours is sync too.
@@ -125,42 +128,49 @@ class ExGRPOTrainer(PPOTrainerSync):
             pool_size = int(self.experience.metrics()["pool_size"])
             count = experience_question_count(pool_size, self.settings.replay_ratio, self.config.data.train_batch_size)
             self._step_experience = self.experience.sample_questions(count)
+        missing = [qid for qid in self._step_experience if qid not in self._position_of]
+        if missing:
+            raise ValueError(
+                f"questions {missing[:5]} of the experience buffer are not in data.train_files: resume with "
+                "the training data the checkpoint was made with"
+            )
+        self._step_questions = set(self._step_experience)
         return super().prepare_step()
 
     def _fetch_one_gen_batch(self) -> TensorDict:
         """One generation batch: this step's experience questions first, then fresh questions."""
         size = self.config.data.get("gen_batch_size", None) or self.config.data.train_batch_size
         experience, self._step_experience = self._step_experience[:size], self._step_experience[size:]
-        missing = [qid for qid in experience if qid not in self._position_of]
-        if missing:
-            raise ValueError(
-                f"questions {missing[:5]} of the experience buffer are not in data.train_files: resume with "
-                "the training data the checkpoint was made with"
-            )
-        positions = [self._position_of[qid] for qid in experience]
-        positions += self._take_fresh_positions(size - len(experience), exclude=set(experience))
+        questions = experience + self._take_fresh_questions(size - len(experience))
 
-        batch = collate_fn([self.train_dataset[position] for position in positions])
-        batch["uid"] = np.array([str(uuid.uuid4()) for _ in positions], dtype=object)
+        batch = collate_fn([self.train_dataset[self._position_of[qid]] for qid in questions])
+        batch["uid"] = np.array([str(uuid.uuid4()) for _ in questions], dtype=object)
         self._experience_uids.update(zip(batch["uid"][: len(experience)], experience))
-        rollouts = [self.group_size - 1] * len(experience) + [self.group_size] * (len(positions) - len(experience))
+        rollouts = [self.group_size - 1] * len(experience) + [self.group_size] * (len(questions) - len(experience))
         batch["__rollout_n__"] = torch.tensor(rollouts, dtype=torch.int64)
-        batch["is_replay"] = torch.zeros(len(positions), dtype=torch.int64)
+        batch["is_replay"] = torch.zeros(len(questions), dtype=torch.int64)
         return tu.get_tensordict(batch)
 
-    def _take_fresh_positions(self, count: int, exclude: set[int]) -> list[int]:
-        """Dataset positions of the next `count` questions in data-loader order that are not
-        retired and not already in this step; rows fetched beyond `count` wait for the next step."""
+    def _take_fresh_questions(self, count: int) -> list[int]:
+        """The next `count` questions in data-loader order that are neither retired nor already in
+        this step; questions fetched beyond `count` wait in the carry for the next step."""
+        taken: list[int] = []
         fetches_without_progress = 0
-        while len(self._fresh_carry) < count:
-            before = len(self._fresh_carry)
-            for qid in super()._fetch_one_gen_batch()["index"]:
-                if not self.experience.is_retired(int(qid)) and int(qid) not in exclude:
-                    self._fresh_carry.append(self._position_of[int(qid)])
-            fetches_without_progress = fetches_without_progress + 1 if len(self._fresh_carry) == before else 0
-            if fetches_without_progress > len(self._position_of):  # more than a whole epoch
-                raise RuntimeError("every training question is retired (solved K/K): the data set is exhausted")
-        taken, self._fresh_carry = self._fresh_carry[:count], self._fresh_carry[count:]
+        while len(taken) < count:
+            if not self._fresh_carry:
+                self._fresh_carry = [int(qid) for qid in super()._fetch_one_gen_batch()["index"]]
+            qid = self._fresh_carry.pop(0)
+            if self.experience.is_retired(qid) or qid in self._step_questions:
+                fetches_without_progress += 1
+                if fetches_without_progress > 2 * len(self._position_of):  # two whole epochs of nothing
+                    raise RuntimeError(
+                        "every training question is retired (solved K/K) or already in this step: add questions "
+                        "to data.train_files or lower data.train_batch_size"
+                    )
+                continue
+            fetches_without_progress = 0
+            taken.append(qid)
+            self._step_questions.add(qid)
         return taken
 
     # ---- 2. replayed rows into their groups --------------------------------------------------
@@ -170,13 +180,14 @@ class ExGRPOTrainer(PPOTrainerSync):
         return super()._balance_batch(batch, metrics, *args, **kwargs)
 
     def _insert_replayed_rows(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        keys_of_uid: dict[str, list[int]] = defaultdict(list)
+        """Give each experience group its replayed member as session K-1, or drop the group."""
+        first_row_of_uid: dict[str, int] = {}
         for position, key in enumerate(batch.keys):
-            keys_of_uid[key.rsplit("_", 2)[0]].append(position)
-        groups = [(uid, qid) for uid, qid in self._experience_uids.items() if uid in keys_of_uid]
+            first_row_of_uid.setdefault(key.rsplit("_", 2)[0], position)
+        groups = [(uid, qid) for uid, qid in self._experience_uids.items() if uid in first_row_of_uid]
         if not groups:
             return batch
-        first_positions = [keys_of_uid[uid][0] for uid, _ in groups]
+        first_positions = [first_row_of_uid[uid] for uid, _ in groups]
         sibling_rows = tq.kv_batch_get(keys=[batch.keys[p] for p in first_positions], partition_id=batch.partition_id)
         siblings = [{key: sibling_rows[i][key] for key in sibling_rows[i].keys()} for i in range(len(groups))]
 
@@ -184,19 +195,12 @@ class ExGRPOTrainer(PPOTrainerSync):
         if self.experience.config.needs_forward_pass:
             with marked_timer("exgrpo_select", self.timing_raw, color="cyan"):
                 scores = self._selection_scores(groups, siblings, metrics)
-        max_response = self.config.data.max_response_length
-        new_keys, new_tags, new_rows, chosen, dropped_uids = [], [], [], [], []
+        new_keys, new_tags, new_rows, chosen, dropped_uids = [], [], [], [], set()
         for (uid, qid), sibling, position in zip(groups, siblings, first_positions):
-            trajectory = self.experience.select(qid, scores.get(qid)) if self.experience.candidates(qid) else None
-            stored_prompt = self.experience.question(qid).prompt_ids
-            usable = (
-                trajectory is not None
-                and len(trajectory.response_ids) <= max_response
-                and (stored_prompt is None or np.array_equal(stored_prompt, sibling["prompts"].numpy()))
-            )
-            if not usable:
+            trajectory = self._replayable_trajectory(qid, sibling, scores.get(qid))
+            if trajectory is None:
                 # Never leave a group at K-1: without its replayed member it has no place in the step.
-                dropped_uids.append(uid)
+                dropped_uids.add(uid)
                 continue
             response = torch.from_numpy(trajectory.response_ids.astype(np.int64))
             log_probs = torch.from_numpy(trajectory.log_probs)
@@ -210,16 +214,16 @@ class ExGRPOTrainer(PPOTrainerSync):
         if new_keys:
             tq.kv_batch_put(keys=new_keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(new_rows), tags=new_tags)
             self.experience.mark_replayed([t.id for t in chosen], self.global_steps)
-        keep = [i for i, key in enumerate(batch.keys) if key.rsplit("_", 2)[0] not in set(dropped_uids)]
-        if dropped_uids:
-            tq.kv_clear(keys=[batch.keys[i] for i in range(len(batch.keys)) if i not in set(keep)], partition_id=batch.partition_id)
+        dropped = [i for i, key in enumerate(batch.keys) if key.rsplit("_", 2)[0] in dropped_uids]
+        if dropped:
+            tq.kv_clear(keys=[batch.keys[i] for i in dropped], partition_id=batch.partition_id)
             logger.warning("ExGRPO: %d experience groups had no usable stored trajectory and were dropped", len(dropped_uids))
+        keep = sorted(set(range(len(batch.keys))) - set(dropped))
 
-        total_rows = len(keep) + len(new_keys)
         metrics.update(
             {
                 "exgrpo/replayed_questions": len(new_keys),
-                "exgrpo/replay_fraction": len(new_keys) / max(total_rows, 1),
+                "exgrpo/replay_fraction": len(new_keys) / max(len(keep) + len(new_keys), 1),
                 "exgrpo/replay_dropped_groups": len(dropped_uids),
                 "exgrpo/replayed_mean_age": float(np.mean([self.global_steps - t.step for t in chosen])) if chosen else 0.0,
             }
@@ -230,6 +234,20 @@ class ExGRPOTrainer(PPOTrainerSync):
             tags=[batch.tags[i] for i in keep] + new_tags,
             extra_info=batch.extra_info,
         )
+
+    def _replayable_trajectory(self, qid: int, sibling: dict, scores):
+        """The buffer's pick for `qid`, or None when it cannot be replayed on this prompt: the
+        stored log-probs were taken on the stored prompt tokens, and the row must fit verl's
+        response length."""
+        if not self.experience.candidates(qid):
+            return None
+        trajectory = self.experience.select(qid, scores)
+        stored_prompt = self.experience.question(qid).prompt_ids
+        if len(trajectory.response_ids) > self.config.data.max_response_length:
+            return None
+        if stored_prompt is not None and not np.array_equal(stored_prompt, sibling["prompts"].numpy()):
+            return None
+        return trajectory
 
     def _selection_scores(self, groups, siblings, metrics: dict) -> dict[int, np.ndarray]:
         """Score every candidate of every experience question in one batched forward pass of the
@@ -282,7 +300,7 @@ class ExGRPOTrainer(PPOTrainerSync):
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._compute_old_log_prob(batch, metrics)
         if self.settings.enabled:
-            metrics["exgrpo/old_log_prob_tokens"] = sum(tag["seq_len"] for tag in batch.tags)
+            metrics["exgrpo/old_log_prob_tokens"] = sum(tag["seq_len"] for tag in batch.tags if not tag.get("is_padding"))
         replay_keys = [key for key in batch.keys if key in self._replayed]
         if replay_keys:
             # TransferQueue keeps one dtype per field: write the stored log-probs in the dtype
@@ -338,6 +356,7 @@ class ExGRPOTrainer(PPOTrainerSync):
         state = checkpoint.TrainerState(self.replay_started, list(self._fresh_carry), self.group_size)
         checkpoint.save_state(folder, self.experience, state)
         super()._save_checkpoint()
+        checkpoint.remove_orphaned_states(self.config.trainer.default_local_dir)
 
     def _load_checkpoint(self):
         super()._load_checkpoint()
@@ -348,6 +367,12 @@ class ExGRPOTrainer(PPOTrainerSync):
         else:
             folder = os.path.join(os.path.abspath(self.config.trainer.default_local_dir), f"global_step_{self.global_steps}")
         self.experience, state = checkpoint.load_state(folder, self.experience.config)
+        unknown = [qid for qid in state.fresh_carry if qid not in self._position_of]
+        if unknown:
+            raise ValueError(
+                f"{folder}: questions {unknown[:5]} are not in data.train_files: resume with the training data the "
+                "checkpoint was made with"
+            )
         self.replay_started = state.replay_started
         self._fresh_carry = state.fresh_carry
         logger.info("ExGRPO: restored %s (replay %s)", folder, "on" if self.replay_started else "off")
