@@ -13,7 +13,7 @@ What `activate()` does, each for a failure stock verl meets on a CPU-only machin
 - registers the `hf` rollout backend (`rollout.name=hf`), see `hf_rollout.py`.
 
 The Ray cluster needs a fake GPU per actor worker and enough CPU slots for TransferQueue:
-`trainer_configs/cpu_runtime.yaml` carries those settings for a CPU run.
+`launch.CPU_RUNTIME_OVERRIDES` carries those settings for a CPU run.
 """
 
 from __future__ import annotations
