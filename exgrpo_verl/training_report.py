@@ -27,6 +27,18 @@ def _fresh_score(row: dict) -> float:
     return float(row.get("exgrpo/fresh_score_mean", row.get("critic/score/mean", np.nan)))
 
 
+def validation_score(row: dict) -> float | None:
+    """verl's validation reward in a metrics row (mean over its `val-core/<source>/<var>/mean@n`
+    entries), or None when the row has no validation."""
+    values = [v for k, v in row.items() if k.startswith("val-core/") and "/mean@" in k]
+    return float(np.mean(values)) if values else None
+
+
+def training_rows(rows: list[dict]) -> list[dict]:
+    """The rows of training steps (verl also logs a validation-only row at step 0)."""
+    return [row for row in rows if "timing_s/step" in row]
+
+
 def plot_learning_curves(runs: dict[str, list[dict]], path: str | Path, window: int = 5) -> Path:
     """Fresh-rollout reward per step (moving average) for each run, and the replay share."""
     import matplotlib
@@ -35,7 +47,8 @@ def plot_learning_curves(runs: dict[str, list[dict]], path: str | Path, window: 
     import matplotlib.pyplot as plt
 
     fig, (reward_ax, replay_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, rows in runs.items():
+    for name, all_rows in runs.items():
+        rows = training_rows(all_rows)
         steps = [row["step"] for row in rows]
         reward_ax.plot(steps, moving_average([_fresh_score(r) for r in rows], window), label=name)
         replay_ax.plot(steps, _series(rows, "exgrpo/replay_fraction", 0.0), label=name)
@@ -57,6 +70,7 @@ def plot_bucket_distribution(rows: list[dict], group_size: int, path: str | Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = training_rows(rows)
     steps = [row["step"] for row in rows]
     buckets = range(1, group_size)
     counts = np.array([_series(rows, f"exgrpo/buffer/bucket/{k}", 0.0) for k in buckets])
@@ -76,21 +90,27 @@ TIMERS = ("gen", "exgrpo_select", "old_log_prob", "adv", "update_actor", "exgrpo
 
 
 def summary_table(runs: dict[str, list[dict]], window: int = 5) -> str:
-    """Markdown: reward at the start and end of each run, replay figures, mean time per stage."""
+    """Markdown: validation reward before and after training, training reward at the start and
+    end, replay figures, mean time per stage."""
     lines = [
-        "| run | steps | fresh reward, first {w} | fresh reward, last {w} | replayed share (mean) | pool (end) | retired (end) |".format(w=window),
-        "|---|---|---|---|---|---|---|",
+        "| run | steps | validation reward, before | validation reward, after | fresh reward, first {w} "
+        "| fresh reward, last {w} | replayed share (mean) | pool (end) | retired (end) |".format(w=window),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, rows in runs.items():
+    for name, all_rows in runs.items():
+        validations = [score for score in map(validation_score, all_rows) if score is not None]
+        before, after = (f"{validations[0]:.3f}", f"{validations[-1]:.3f}") if len(validations) > 1 else ("–", "–")
+        rows = training_rows(all_rows)
         rewards = [_fresh_score(r) for r in rows]
         lines.append(
-            f"| {name} | {len(rows)} | {np.mean(rewards[:window]):.3f} | {np.mean(rewards[-window:]):.3f} "
+            f"| {name} | {len(rows)} | {before} | {after} | {np.mean(rewards[:window]):.3f} | {np.mean(rewards[-window:]):.3f} "
             f"| {np.mean(_series(rows, 'exgrpo/replay_fraction', 0.0)):.3f} "
             f"| {rows[-1].get('exgrpo/buffer/pool_size', 0):.0f} | {rows[-1].get('exgrpo/buffer/retired', 0):.0f} |"
         )
     lines += ["", "Mean seconds per step and stage (the first step, with warm-up, left out):", ""]
     lines += ["| run | " + " | ".join(TIMERS) + " |", "|---|" + "---|" * len(TIMERS)]
-    for name, rows in runs.items():
+    for name, all_rows in runs.items():
+        rows = training_rows(all_rows)
         later = rows[1:] or rows
         cells = [f"{np.mean(_series(later, f'timing_s/{t}', 0.0)):.2f}" for t in TIMERS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

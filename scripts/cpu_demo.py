@@ -1,7 +1,8 @@
 """The CPU demo (`make demo`): ExGRPO and its on-policy GRPO baseline, side by side, through
 verl's real trainer on this machine. A tiny Qwen2 is built locally and trained on the toy
 character-hunt task; the script prints each step, then writes learning curves, the replay
-pool's bucket distribution and a summary table under outputs/demo/.
+pool's bucket distribution and a summary table (with validation before and after) under
+outputs/demo/.
 
     python scripts/cpu_demo.py [--steps 20] [--batch 8] [--rollouts 4] [--out outputs/demo]
 """
@@ -12,11 +13,15 @@ from pathlib import Path
 from exgrpo_verl.cpu_runtime.launch import cpu_run_overrides, read_metrics, run_training
 from exgrpo_verl.tasks import char_hunt
 from exgrpo_verl.tiny_models import TinyModelSpec, build_tiny_model
-from exgrpo_verl.training_report import plot_bucket_distribution, plot_learning_curves, summary_table
+from exgrpo_verl.training_report import plot_bucket_distribution, plot_learning_curves, summary_table, validation_score
 
 
 def print_step(name: str, total: int):
     def show(row: dict) -> None:
+        if validation_score(row) is not None:
+            print(f"  [{name}] validation reward (20 questions x 8 samples) at step {row['step']}: {validation_score(row):.3f}", flush=True)
+        if "timing_s/step" not in row:
+            return
         replay = "on " if row.get("exgrpo/replay_active") else "off"
         print(
             f"  [{name}] step {row['step']:>3}/{total}  fresh reward {row.get('exgrpo/fresh_score_mean', row['critic/score/mean']):.3f}  "
@@ -35,6 +40,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8, help="questions per step (B)")
     parser.add_argument("--rollouts", type=int, default=4, help="rollouts per question (K)")
     parser.add_argument("--start-solve-rate", type=float, default=0.2)
+    parser.add_argument("--lr", type=float, default=1e-3, help="a tiny random model needs large steps to move in 20 steps")
     parser.add_argument("--out", default="outputs/demo")
     args = parser.parse_args()
 
@@ -56,8 +62,13 @@ def main():
             f"exgrpo.replay_ratio={replay_ratio}",
             f"exgrpo.start_solve_rate={args.start_solve_rate}",
             "exgrpo.sampler_poll_interval_s=0.05",
-            "actor_rollout_ref.actor.optim.lr=1e-3",  # a tiny random model needs large steps to move in 20 steps
+            f"actor_rollout_ref.actor.optim.lr={args.lr}",
             "data.seed=0",
+            # Validation before and after training on held-out questions, 8 samples each: the fair
+            # comparison (ExGRPO retires solved questions, so its later training questions are harder).
+            "trainer.val_before_train=True",
+            f"trainer.test_freq={args.steps}",
+            "actor_rollout_ref.rollout.val_kwargs.n=8",
             f"trainer.experiment_name={run_dir.name}",
         ]
         print(f">> training {name}: {args.steps} steps of {args.batch} questions x {args.rollouts} rollouts (log: {run_dir}/train.log)")
