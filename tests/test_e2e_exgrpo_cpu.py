@@ -134,3 +134,17 @@ def test_replay_ratio_zero_is_plain_grpo(tiny_qwen2, char_hunt_files, tmp_path):
     for row in steps:
         assert not [key for key in row if "exgrpo" in key], "no replay, no collection, verl's own loss"
         assert row["critic/score/mean"] >= 0 and "actor/pg_loss" in row
+
+
+def test_training_report_of_a_real_run(first_run, tmp_path):
+    from exgrpo_verl.training_report import moving_average, plot_bucket_distribution, plot_learning_curves, summary_table
+
+    _, steps, _ = first_run
+    assert moving_average([1, 2, 3, 4], window=2).tolist() == [1.0, 1.5, 2.5, 3.5]
+    curves = plot_learning_curves({"ExGRPO": steps}, tmp_path / "curves.png")
+    buckets = plot_bucket_distribution(steps, K, tmp_path / "buckets.png")
+    assert curves.read_bytes()[:4] == b"\x89PNG" and buckets.read_bytes()[:4] == b"\x89PNG"
+    table = summary_table({"ExGRPO": steps})
+    row = next(line for line in table.splitlines() if line.startswith("| ExGRPO | "))
+    assert row.split("|")[2].strip() == str(FIRST_STEPS)
+    assert f"{steps[-1]['exgrpo/buffer/retired']:.0f} |" in row
