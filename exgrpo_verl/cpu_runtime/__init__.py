@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 
-from exgrpo_verl import CPU_RUNTIME_SWITCH as SWITCH_ENV
+from exgrpo_verl import CPU_RUNTIME_SWITCH as SWITCH_ENV  # noqa: F401  (the switch, named where it is used)
 
 ROLLOUT_NAME = "hf"
 

@@ -95,7 +95,7 @@ def group_results_from_step(rows, is_padding: list[bool], eos_token_ids: set[int
             members[uid].append(i)
 
     groups, fresh_rewards = [], []
-    for uid, rows_of_group in members.items():
+    for rows_of_group in members.values():
         response_ids, log_probs, token_entropies, rewards, ended = [], [], [], [], []
         for i in rows_of_group:
             length = int(masks[i].sum())

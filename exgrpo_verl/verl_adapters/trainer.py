@@ -253,7 +253,7 @@ class ExGRPOTrainer(PPOTrainerSync):
         """Score every candidate of every experience question in one batched forward pass of the
         current policy (temperature 1): token-mean entropy (or perplexity) over its response."""
         rows, owners = [], []
-        for (uid, qid), sibling in zip(groups, siblings):
+        for (_, qid), sibling in zip(groups, siblings):
             for candidate in self.experience.candidates(qid):
                 response = torch.from_numpy(candidate.response_ids.astype(np.int64))
                 rows.append(build_replayed_row(sibling, response, torch.from_numpy(candidate.log_probs), candidate.reward, 0))
