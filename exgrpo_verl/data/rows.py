@@ -81,7 +81,7 @@ def validate_rows(rows: pd.DataFrame | Sequence[Mapping], require_unique_index: 
     for position, row in enumerate(records):
         row_problems = _row_problems(row)
         problems += [f"row {position}: {problem}" for problem in row_problems]
-        index = _index_of(row)
+        index = row_index(row)
         if require_unique_index and index is not None:
             if index in first_row_of_index:
                 problems.append(
@@ -146,7 +146,7 @@ def _extra_info_problems(extra_info) -> list[str]:
     if not isinstance(extra_info, Mapping):
         return [f"extra_info={str(extra_info)[:60]!r}; fix: {{'index': int, 'split': str}}"]
     problems = []
-    if _index_of({"extra_info": extra_info}) is None:
+    if row_index({"extra_info": extra_info}) is None:
         problems.append(
             f"extra_info.index={extra_info.get('index')!r} is missing or not an integer; "
             "fix: a unique integer per row (e.g. its position)"
@@ -156,7 +156,8 @@ def _extra_info_problems(extra_info) -> list[str]:
     return problems
 
 
-def _index_of(row: Mapping) -> int | None:
+def row_index(row: Mapping) -> int | None:
+    """A row's question id, extra_info.index, when it is an integer; else None."""
     extra_info = row.get("extra_info")
     index = extra_info.get("index") if isinstance(extra_info, Mapping) else None
     if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):

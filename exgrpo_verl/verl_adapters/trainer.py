@@ -35,6 +35,7 @@ from transfer_queue import KVBatchMeta
 
 from exgrpo_verl.algorithm import trajectory_selection_score
 from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
+from exgrpo_verl.data.rows import row_index
 from exgrpo_verl.experience import ExperienceBuffer
 from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate
 from exgrpo_verl.verl_adapters import checkpoint
@@ -62,18 +63,18 @@ def question_positions(extra_infos) -> dict[int, int]:
     unique integer one (verl silently uses 0 when it is missing)."""
     positions: dict[int, int] = {}
     for position, extra_info in enumerate(extra_infos):
-        index = (extra_info or {}).get("index")
-        if isinstance(index, bool) or not isinstance(index, int | np.integer):
+        index = row_index({"extra_info": extra_info})
+        if index is None:
             raise ValueError(
-                f"training row {position}: extra_info.index={index!r}; ExGRPO needs a unique integer question id "
-                "in every row's extra_info.index (scripts/prepare_data.py writes it)"
+                f"training row {position}: extra_info.index={(extra_info or {}).get('index')!r}; ExGRPO needs a unique "
+                "integer question id in every row's extra_info.index (scripts/prepare_data.py writes it)"
             )
-        if int(index) in positions:
+        if index in positions:
             raise ValueError(
-                f"training rows {positions[int(index)]} and {position} share extra_info.index={index}; "
+                f"training rows {positions[index]} and {position} share extra_info.index={index}; "
                 "question ids must be unique"
             )
-        positions[int(index)] = position
+        positions[index] = position
     return positions
 
 
@@ -239,13 +240,13 @@ class ExGRPOTrainer(PPOTrainerSync):
         """The buffer's pick for `qid`, or None when it cannot be replayed on this prompt: the
         stored log-probs were taken on the stored prompt tokens, and the row must fit verl's
         response length."""
-        if not self.experience.candidates(qid):
+        question = self.experience.question(qid)
+        if question is None or question.num_trajectories == 0:
             return None
         trajectory = self.experience.select(qid, scores)
-        stored_prompt = self.experience.question(qid).prompt_ids
         if len(trajectory.response_ids) > self.config.data.max_response_length:
             return None
-        if stored_prompt is not None and not np.array_equal(stored_prompt, sibling["prompts"].numpy()):
+        if question.prompt_ids is not None and not np.array_equal(question.prompt_ids, sibling["prompts"].numpy()):
             return None
         return trajectory
 
