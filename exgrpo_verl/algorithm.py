@@ -146,7 +146,7 @@ def mixed_policy_token_loss(
     advantages: torch.Tensor,
     is_replay: torch.Tensor,
     *,
-    shaping_beta: float,
+    shaping_beta: float | None,
     clip_on_policy: bool,
     clip_ratio_low: float,
     clip_ratio_high: float,
@@ -159,6 +159,7 @@ def mixed_policy_token_loss(
         L = -A r                                                otherwise (release: once replay starts)
     Replayed rows (is_replay = 1), w = exp(logp_theta - logp_stored):
         L = -A f(w),  f(w) = w / (w + beta),  never clipped
+        L = -A w                                  when shaping_beta is None (the "no shaping" ablation)
 
     Args:
         log_prob: (bsz, T) logp_theta.
@@ -180,7 +181,7 @@ def mixed_policy_token_loss(
         on_policy_loss = -advantages * ratio
         clipped = clipped_lower = torch.zeros_like(replayed)
 
-    shaped = shaped_weight(ratio, shaping_beta)
+    shaped = ratio if shaping_beta is None else shaped_weight(ratio, shaping_beta)
     loss = torch.where(replayed, -advantages * shaped, on_policy_loss)
     return MixedPolicyTokenLoss(
         loss=loss,

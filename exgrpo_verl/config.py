@@ -19,17 +19,22 @@ class ExGRPOLossConfig:
     """ExGRPO's loss settings (`exgrpo.loss`).
 
     shaping_beta: beta in f(w) = w / (w + beta) for replayed tokens; > 0 (release: 0.1).
+    policy_shaping: weight replayed tokens by f(w) (release: True); False weights them by the
+        plain, unclipped w (the paper's "w/o policy shaping" ablation).
     clip_on_policy_after_start: keep PPO's clip on fresh tokens once replay has started
         (release: False, the clip is removed then; it is always on during warm-up).
     """
 
     shaping_beta: float = 0.1
+    policy_shaping: bool = True
     clip_on_policy_after_start: bool = False
 
     def __post_init__(self):
         beta = self.shaping_beta
         if isinstance(beta, bool) or not isinstance(beta, int | float) or not (math.isfinite(beta) and beta > 0):
             raise ValueError(f"exgrpo.loss.shaping_beta={beta!r}: must be a finite number > 0")
+        if not isinstance(self.policy_shaping, bool):
+            raise ValueError(f"exgrpo.loss.policy_shaping={self.policy_shaping!r}: must be true or false")
         if not isinstance(self.clip_on_policy_after_start, bool):
             raise ValueError(
                 f"exgrpo.loss.clip_on_policy_after_start={self.clip_on_policy_after_start!r}: must be true or false"

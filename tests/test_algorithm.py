@@ -180,6 +180,12 @@ def test_mixed_loss_replayed_rows_use_shaped_weight_and_fresh_rows_the_clip():
     assert out.clipped.tolist() == [[True, False], [False, False]]  # never on replayed rows
 
 
+def test_mixed_loss_without_shaping_weights_replayed_tokens_by_plain_unclipped_w():
+    out = _mixed(OLD + LOG_RATIOS, OLD, ADV, IS_REPLAY, clip_on_policy=True, beta=None)
+    torch.testing.assert_close(out.loss[1], -0.5 * torch.exp(LOG_RATIOS[1]))  # e^1 is not clipped to 1.2
+    torch.testing.assert_close(out.loss[0], torch.tensor([-0.5 * 1.2, -0.5 * math.exp(-1.0)]))  # fresh unchanged
+
+
 def test_mixed_loss_without_on_policy_clip_is_minus_advantage_times_ratio():
     out = _mixed(OLD + LOG_RATIOS, OLD, ADV, IS_REPLAY, clip_on_policy=False)
     torch.testing.assert_close(out.loss[0], -0.5 * torch.exp(LOG_RATIOS[0]))

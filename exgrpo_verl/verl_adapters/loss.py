@@ -51,7 +51,7 @@ def make_actor_loss_fn(actor_config: ActorConfig, loss_config: ExGRPOLossConfig,
     return partial(
         exgrpo_actor_loss,
         config=actor_config,
-        shaping_beta=loss_config.shaping_beta,
+        shaping_beta=loss_config.shaping_beta if loss_config.policy_shaping else None,
         clip_on_policy=not replay_started or loss_config.clip_on_policy_after_start,
     )
 
@@ -62,7 +62,7 @@ def exgrpo_actor_loss(
     data: TensorDict,
     dp_group=None,
     *,
-    shaping_beta: float,
+    shaping_beta: float | None,
     clip_on_policy: bool,
 ):
     """ExGRPO's mixed-policy actor loss on one micro-batch; verl's ppo_loss with the policy term replaced.
