@@ -33,8 +33,11 @@ setup(
         "safetensors",
     ],
     extras_require={
-        # What a GPU user installs beside verl: its vLLM stack (torch 2.11 CUDA), flash-attn, grading, logging.
-        "gpu": ["verl[vllm]==0.9.1", "flash-attn", "math-verify>=0.9.0", "wandb", "matplotlib"],
+        # What a GPU user installs beside verl: its vLLM stack (torch 2.11, CUDA 13), grading, logging.
+        # Every package here has a wheel for Linux x86_64, Python 3.10-3.12. flash-attn has none and
+        # imports torch while it builds, which pip's isolated build cannot: it is a second step
+        # (`pip install flash-attn==2.8.3 --no-build-isolation`, docs/reproduce.md), SDPA without it.
+        "gpu": ["verl[vllm]==0.9.1", "math-verify>=0.9.0", "wandb", "matplotlib"],
         # CPU development and CI: the V1 trainer's imports without CUDA wheels, grading, plots, tests.
         "cpu": V1_TRAINER_IMPORTS + ["math-verify>=0.9.0", "matplotlib"],
         "test": V1_TRAINER_IMPORTS + ["math-verify>=0.9.0", "matplotlib", "pytest>=8", "pytest-timeout", "hypothesis"],
