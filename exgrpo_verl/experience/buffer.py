@@ -252,11 +252,22 @@ class ExperienceBuffer:
         """What `select` chooses from, in the order `scores` must follow ([] if none stored)."""
         return [self._view(record) for record in self._candidate_records(qid)]
 
-    def select(self, qid: int, scores=None) -> Trajectory:
-        """The trajectory to replay; `scores` (one per candidate) iff config.needs_forward_pass."""
+    def select(self, qid: int, scores=None, among: Sequence[int] | None = None) -> Trajectory:
+        """The trajectory to replay; `scores` (one per candidate) iff config.needs_forward_pass.
+
+        among: trajectory ids of `candidates(qid)` the caller can use (e.g. those that fit its length
+        limit); the choice is made among them only, and `scores` then has one entry per id in `among`,
+        in candidate order.
+        """
         records = self._candidate_records(qid)
+        if among is not None:
+            allowed = set(among)
+            unknown = allowed - {r.id for r in records}
+            if unknown:
+                raise ValueError(f"select: trajectories {sorted(unknown)[:5]} are not candidates of question {qid}")
+            records = [r for r in records if r.id in allowed]
         if not records:
-            raise ValueError(f"select: question {qid} has no stored trajectories")
+            raise ValueError(f"select: question {qid} has no stored trajectories" + ("" if among is None else " among those given"))
         index = select_index(self.config.selection_metric, [r.entropy_mean for r in records], scores, self._rng)
         return self._view(records[index])
 
@@ -304,6 +315,11 @@ class ExperienceBuffer:
         return frozenset(self._retired)
 
     # ---- metrics ---------------------------------------------------------------------------
+    @property
+    def pool_size(self) -> int:
+        """Questions that can be sampled now (metrics()["pool_size"] without the other metrics)."""
+        return len(self._pool)
+
     def metrics(self) -> dict[str, float]:
         """Flat numbers for the logger (the caller adds its own prefix)."""
         stored = len(self._trajectories)

@@ -16,7 +16,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from exgrpo_verl.experience import GroupResult
+from exgrpo_verl.experience import ExperienceBuffer, GroupResult, Trajectory
 from verl.trainer.ppo.padding_utils import build_padding_position_ids
 
 # Per-token data recorded at generation time (MoE routing, distillation targets) that a
@@ -60,6 +60,21 @@ def build_replayed_row(sibling: dict, response_ids: torch.Tensor, log_probs: tor
     if "attention_mask" in sibling:
         row["attention_mask"] = full_mask
     return row
+
+
+def replayable_candidates(experience: ExperienceBuffer, qid: int, prompt_ids: np.ndarray, max_response_length: int) -> list[Trajectory]:
+    """The candidates of question `qid` that can be replayed on a row with these prompt tokens.
+
+    A stored trajectory's log-probs were taken on the prompt it was collected with, so another
+    prompt rules out all of them; a response longer than verl's max_response_length rules out
+    that one. The trainer scores and selects among the rest only.
+    """
+    question = experience.question(qid)
+    if question is None or question.num_trajectories == 0:
+        return []
+    if question.prompt_ids is not None and not np.array_equal(question.prompt_ids, prompt_ids):
+        return []
+    return [c for c in experience.candidates(qid) if len(c.response_ids) <= max_response_length]
 
 
 def replayed_row_tag(sibling_tag: dict, prompt_len: int, response_len: int) -> dict:

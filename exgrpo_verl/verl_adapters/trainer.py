@@ -38,9 +38,15 @@ from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 from exgrpo_verl.data.rows import row_index
 from exgrpo_verl.experience import ExperienceBuffer
 from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate
-from exgrpo_verl.verl_adapters import checkpoint
+from exgrpo_verl.verl_adapters import checkpoint, reward_manager
 from exgrpo_verl.verl_adapters.loss import make_actor_loss_fn, replay_weight_means
-from exgrpo_verl.verl_adapters.rows import STEP_FIELDS, build_replayed_row, group_results_from_step, replayed_row_tag
+from exgrpo_verl.verl_adapters.rows import (
+    STEP_FIELDS,
+    build_replayed_row,
+    group_results_from_step,
+    replayable_candidates,
+    replayed_row_tag,
+)
 from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
@@ -126,8 +132,7 @@ class ExGRPOTrainer(PPOTrainerSync):
         self._experience_uids, self._replayed = {}, {}
         self._step_experience = []
         if self.replay_started:
-            pool_size = int(self.experience.metrics()["pool_size"])
-            count = experience_question_count(pool_size, self.settings.replay_ratio, self.config.data.train_batch_size)
+            count = experience_question_count(self.experience.pool_size, self.settings.replay_ratio, self.config.data.train_batch_size)
             self._step_experience = self.experience.sample_questions(count)
         missing = [qid for qid in self._step_experience if qid not in self._position_of]
         if missing:
@@ -176,12 +181,18 @@ class ExGRPOTrainer(PPOTrainerSync):
 
     # ---- 2. replayed rows into their groups --------------------------------------------------
     def _balance_batch(self, batch: KVBatchMeta, metrics, *args, **kwargs):
+        if batch.partition_id == "train":  # before the update: too many failed reward calls stop the run
+            metrics.update(reward_manager.step_reward_metrics(batch, self.settings.reward.max_failed_fraction))
         if batch.partition_id == "train" and self._experience_uids:
             batch = self._insert_replayed_rows(batch, metrics)
         return super()._balance_batch(batch, metrics, *args, **kwargs)
 
     def _insert_replayed_rows(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        """Give each experience group its replayed member as session K-1, or drop the group."""
+        """Give each experience group its replayed member as session K-1, or drop the group.
+
+        Filter, then score, then select: candidates that cannot be replayed on the group's prompt
+        are set aside first, only the usable ones are scored, and a group is dropped only when
+        none of its candidates is usable."""
         first_row_of_uid: dict[str, int] = {}
         for position, key in enumerate(batch.keys):
             first_row_of_uid.setdefault(key.rsplit("_", 2)[0], position)
@@ -191,26 +202,28 @@ class ExGRPOTrainer(PPOTrainerSync):
         first_positions = [first_row_of_uid[uid] for uid, _ in groups]
         sibling_rows = tq.kv_batch_get(keys=[batch.keys[p] for p in first_positions], partition_id=batch.partition_id)
         siblings = [{key: sibling_rows[i][key] for key in sibling_rows[i].keys()} for i in range(len(groups))]
+        max_length = self.config.data.max_response_length
+        usable = {qid: replayable_candidates(self.experience, qid, sibling["prompts"].numpy(), max_length)
+                  for (_, qid), sibling in zip(groups, siblings)}
 
         scores = {}
         if self.experience.config.needs_forward_pass:
             with marked_timer("exgrpo_select", self.timing_raw, color="cyan"):
-                scores = self._selection_scores(groups, siblings, metrics)
+                scores = self._selection_scores(groups, siblings, usable, metrics)
         new_keys, new_tags, new_rows, chosen, dropped_uids = [], [], [], [], set()
         for (uid, qid), sibling, position in zip(groups, siblings, first_positions):
-            trajectory = self._replayable_trajectory(qid, sibling, scores.get(qid))
-            if trajectory is None:
+            if not usable[qid]:
                 # Never leave a group at K-1: without its replayed member it has no place in the step.
                 dropped_uids.add(uid)
                 continue
+            trajectory = self.experience.select(qid, scores.get(qid), among=[c.id for c in usable[qid]])
             response = torch.from_numpy(trajectory.response_ids.astype(np.int64))
             log_probs = torch.from_numpy(trajectory.log_probs)
-            key = f"{uid}_{self.group_size - 1}_0"
             new_rows.append(build_replayed_row(sibling, response, log_probs, trajectory.reward, self.group_size - 1))
             new_tags.append(replayed_row_tag(batch.tags[position], len(sibling["prompts"]), len(response)))
-            new_keys.append(key)
+            new_keys.append(f"{uid}_{self.group_size - 1}_0")
             chosen.append(trajectory)
-            self._replayed[key] = log_probs
+            self._replayed[new_keys[-1]] = log_probs
 
         if new_keys:
             tq.kv_batch_put(keys=new_keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(new_rows), tags=new_tags)
@@ -236,26 +249,12 @@ class ExGRPOTrainer(PPOTrainerSync):
             extra_info=batch.extra_info,
         )
 
-    def _replayable_trajectory(self, qid: int, sibling: dict, scores):
-        """The buffer's pick for `qid`, or None when it cannot be replayed on this prompt: the
-        stored log-probs were taken on the stored prompt tokens, and the row must fit verl's
-        response length."""
-        question = self.experience.question(qid)
-        if question is None or question.num_trajectories == 0:
-            return None
-        trajectory = self.experience.select(qid, scores)
-        if len(trajectory.response_ids) > self.config.data.max_response_length:
-            return None
-        if question.prompt_ids is not None and not np.array_equal(question.prompt_ids, sibling["prompts"].numpy()):
-            return None
-        return trajectory
-
-    def _selection_scores(self, groups, siblings, metrics: dict) -> dict[int, np.ndarray]:
-        """Score every candidate of every experience question in one batched forward pass of the
-        current policy (temperature 1): token-mean entropy (or perplexity) over its response."""
+    def _selection_scores(self, groups, siblings, usable: dict, metrics: dict) -> dict[int, np.ndarray]:
+        """Score the usable candidates of every experience question in one batched forward pass of
+        the current policy (temperature 1): token-mean entropy (or perplexity) over its response."""
         rows, owners = [], []
         for (_, qid), sibling in zip(groups, siblings):
-            for candidate in self.experience.candidates(qid):
+            for candidate in usable[qid]:
                 response = torch.from_numpy(candidate.response_ids.astype(np.int64))
                 rows.append(build_replayed_row(sibling, response, torch.from_numpy(candidate.log_probs), candidate.reward, 0))
                 owners.append(qid)
