@@ -14,6 +14,7 @@ arguments returns the existing folder at once.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -58,6 +59,12 @@ class TinyModelSpec:
     # cut at max length. The generation config lists this many extra stop tokens (BPE merges),
     # which ends ~1 in 10 random tokens: short, complete answers, as a trained model gives.
     extra_stop_tokens: int = 40
+    # Qwen2's own pre-tokenizer splits numbers into single digits; arithmetic needs that (merged
+    # multi-digit tokens make carrying much harder for a tiny model).
+    split_digits: bool = False
+    # Text the chat template appends after the assistant header, e.g. "<think>\n": the authors'
+    # backbone renders prompts ending with it, and the release's reward assumes it.
+    generation_prompt_suffix: str = ""
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -130,12 +137,17 @@ def _training_corpus(seed: int, lines: int = 3000) -> list[str]:
 
 
 def _build_tokenizer(spec: TinyModelSpec, family: _Family):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     # Byte-level BPE keeps "\n" one token, which transformers' Qwen2Tokenizer checks on load.
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if spec.split_digits:
+        digits = pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated")
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([digits, byte_level])
+    else:
+        tokenizer.pre_tokenizer = byte_level
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=256 + len(family.special_tokens) + spec.vocab_merges,
@@ -149,8 +161,16 @@ def _build_tokenizer(spec: TinyModelSpec, family: _Family):
         bos_token=family.bos,
         eos_token=family.eos,
         pad_token=family.pad,
-        chat_template=family.chat_template,
+        chat_template=_chat_template(family, spec.generation_prompt_suffix),
     )
+
+
+def _chat_template(family: _Family, generation_prompt_suffix: str) -> str:
+    if not generation_prompt_suffix:
+        return family.chat_template
+    # Append the suffix inside the add_generation_prompt branch (the template's last `{% endif %}`).
+    head, endif = family.chat_template.rsplit("{% endif %}", 1)
+    return head + "{{ " + json.dumps(generation_prompt_suffix) + " }}{% endif %}" + endif
 
 
 def _build_model(spec: TinyModelSpec, family: _Family, tokenizer):
@@ -191,11 +211,12 @@ def build_tiny_model(spec: TinyModelSpec | None = None, out_dir: str | os.PathLi
     """
     spec = spec or TinyModelSpec()
     family = FAMILIES[spec.family]
+    expected = {"build_version": BUILD_VERSION, **asdict(spec)}
     if out_dir is None:
-        out_dir = default_cache_dir() / f"{spec.family}-seed{spec.seed}-h{spec.hidden_size}-l{spec.num_layers}-v{BUILD_VERSION}"
+        digest = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:10]
+        out_dir = default_cache_dir() / f"{spec.family}-seed{spec.seed}-h{spec.hidden_size}-l{spec.num_layers}-{digest}"
     out_dir = Path(out_dir)
     marker = out_dir / _READY_MARKER
-    expected = {"build_version": BUILD_VERSION, **asdict(spec)}
     if marker.exists() and json.loads(marker.read_text()) == expected:
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()) and not marker.exists():
