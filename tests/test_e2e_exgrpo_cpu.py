@@ -75,6 +75,7 @@ def test_experience_groups_have_k_members_one_replayed_and_k_minus_1_requests(fi
         for group in fresh.values():
             assert group == {"members": K, "replayed": 0}
         assert len(experience) + len(fresh) == BATCH
+        assert record["replayed_rows_carry_stored_trajectories"]
         # The rollout served K-1 requests per experience question: its replayed slot was never generated.
         assert record["requests_served"] == (K - 1) * len(experience) + K * len(fresh)
 

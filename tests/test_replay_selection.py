@@ -66,3 +66,14 @@ def test_select_refuses_ids_that_are_not_candidates():
 def test_pool_size_without_the_metrics():
     buffer = _buffer_with([([4, EOS], 0.2)])
     assert buffer.pool_size == buffer.metrics()["pool_size"] == 1
+
+
+def test_trajectory_keys_round_trip_and_parse_like_verls_agent_loop_keys():
+    import uuid
+
+    from exgrpo_verl.verl_adapters.rows import trajectory_key, uid_of_key
+
+    uid = str(uuid.uuid4())
+    assert trajectory_key(uid, 7) == f"{uid}_7_0"  # verl's agent loop: f"{uid}_{session_id}_{i}"
+    assert uid_of_key(trajectory_key(uid, 7, 2)) == uid
+    assert uid_of_key("exgrposelectabc_12_0") == "exgrposelectabc"

@@ -25,12 +25,24 @@ UNSUPPORTED_FIELDS = ("routed_experts", "teacher_ids", "teacher_logprobs")
 STEP_FIELDS = ["uid", "index", "prompts", "responses", "response_mask", "rm_scores", "old_log_probs", "entropy", "is_replay"]
 
 
+def trajectory_key(uid: str, session_id: int, index: int = 0) -> str:
+    """A trajectory row's TransferQueue key, in verl's format `{uid}_{session_id}_{index}`
+    (uid a UUID4 without underscores, session_id the rollout within the group, index the turn)."""
+    return f"{uid}_{session_id}_{index}"
+
+
+def uid_of_key(key: str) -> str:
+    """The group id (`uid`) of a key made by `trajectory_key` or verl's agent loop."""
+    return key.rsplit("_", 2)[0]
+
+
 def build_replayed_row(sibling: dict, response_ids: torch.Tensor, log_probs: torch.Tensor, reward: float, session_id: int) -> dict:
     """A trajectory row for a stored response, on the prompt of a fresh `sibling` row.
 
-    The stored behaviour log-probs go in `rollout_log_probs` (and, after the old-log-prob
-    pass, in `old_log_probs`); the reward sits on the last response token, as verl's reward
-    loop puts it; `is_replay` = 1 marks the row for the loss.
+    The row is the one carrier of the stored behaviour log-probs: they go in `rollout_log_probs`,
+    from where the trainer copies them into `old_log_probs` after verl's old-log-prob pass. The
+    reward sits on the last response token, as verl's reward loop puts it; `is_replay` = 1 marks
+    the row for the loss (its tag says so too, see `replayed_row_tag`).
     """
     prompt = sibling["prompts"]
     response_ids = response_ids.to(prompt.dtype)

@@ -8,7 +8,8 @@ A subclass of verl's synchronous trainer. One step reads forward through the hoo
     _balance_batch        score each experience question's stored trajectories under the
                           current policy (one batched forward pass), insert the chosen one
                           into its group as session K-1        -> verl balance
-    _compute_old_log_prob verl's pass, then the replayed rows' old log-probs := stored ones
+    _compute_old_log_prob verl's pass, then each replayed row's old log-probs := the stored
+                          ones it carries in rollout_log_probs
                                                                -> advantage ("exgrpo"), update
                                                                   (our loss, set_loss_fn)
     step                  collect the step's results into the buffer; start replay once the
@@ -46,6 +47,8 @@ from exgrpo_verl.verl_adapters.rows import (
     group_results_from_step,
     replayable_candidates,
     replayed_row_tag,
+    trajectory_key,
+    uid_of_key,
 )
 from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.v1.trainer_base import register_trainer
@@ -101,7 +104,6 @@ class ExGRPOTrainer(PPOTrainerSync):
         self._step_questions: set[int] = set()  # every question of the current step
         self._step_experience: list[int] = []  # experience question ids still to submit this step
         self._experience_uids: dict[str, int] = {}  # this step's experience prompt uid -> question id
-        self._replayed: dict[str, torch.Tensor] = {}  # this step's replayed row key -> stored log-probs
         # verl's base class means "sync" wherever it checks the mode; ours is sync too.
         with open_dict(config):
             config.trainer.v1.trainer_mode = "sync"
@@ -129,7 +131,7 @@ class ExGRPOTrainer(PPOTrainerSync):
 
     # ---- 1. which prompts this step ----------------------------------------------------------
     def prepare_step(self) -> dict:
-        self._experience_uids, self._replayed = {}, {}
+        self._experience_uids = {}
         self._step_experience = []
         if self.replay_started:
             count = experience_question_count(self.experience.pool_size, self.settings.replay_ratio, self.config.data.train_batch_size)
@@ -195,7 +197,7 @@ class ExGRPOTrainer(PPOTrainerSync):
         none of its candidates is usable."""
         first_row_of_uid: dict[str, int] = {}
         for position, key in enumerate(batch.keys):
-            first_row_of_uid.setdefault(key.rsplit("_", 2)[0], position)
+            first_row_of_uid.setdefault(uid_of_key(key), position)
         groups = [(uid, qid) for uid, qid in self._experience_uids.items() if uid in first_row_of_uid]
         if not groups:
             return batch
@@ -221,14 +223,13 @@ class ExGRPOTrainer(PPOTrainerSync):
             log_probs = torch.from_numpy(trajectory.log_probs)
             new_rows.append(build_replayed_row(sibling, response, log_probs, trajectory.reward, self.group_size - 1))
             new_tags.append(replayed_row_tag(batch.tags[position], len(sibling["prompts"]), len(response)))
-            new_keys.append(f"{uid}_{self.group_size - 1}_0")
+            new_keys.append(trajectory_key(uid, self.group_size - 1))
             chosen.append(trajectory)
-            self._replayed[new_keys[-1]] = log_probs
 
         if new_keys:
             tq.kv_batch_put(keys=new_keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(new_rows), tags=new_tags)
             self.experience.mark_replayed([t.id for t in chosen], self.global_steps)
-        dropped = [i for i, key in enumerate(batch.keys) if key.rsplit("_", 2)[0] in dropped_uids]
+        dropped = [i for i, key in enumerate(batch.keys) if uid_of_key(key) in dropped_uids]
         if dropped:
             tq.kv_clear(keys=[batch.keys[i] for i in dropped], partition_id=batch.partition_id)
             logger.warning("ExGRPO: %d experience groups had no usable stored trajectory and were dropped", len(dropped_uids))
@@ -261,7 +262,7 @@ class ExGRPOTrainer(PPOTrainerSync):
         if not rows:
             return {}
         prefix = f"exgrposelect{uuid.uuid4().hex}"
-        keys = [f"{prefix}_{i}_0" for i in range(len(rows))]
+        keys = [trajectory_key(prefix, i) for i in range(len(rows))]
         tags = [replayed_row_tag({"status": "success"}, len(row["prompts"]), len(row["responses"])) for row in rows]
         tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(rows), tags=tags)
         candidates = KVBatchMeta(partition_id="train", keys=keys, tags=tags)
@@ -301,14 +302,14 @@ class ExGRPOTrainer(PPOTrainerSync):
         batch = super()._compute_old_log_prob(batch, metrics)
         if self.settings.enabled:
             metrics["exgrpo/old_log_prob_tokens"] = sum(tag["seq_len"] for tag in batch.tags if not tag.get("is_padding"))
-        replay_keys = [key for key in batch.keys if key in self._replayed]
-        if replay_keys:
-            # TransferQueue keeps one dtype per field: write the stored log-probs in the dtype
-            # verl holds old log-probs in (bf16 on CPU). They were collected from that same
-            # field, so the cast is exact.
-            dtype = tq.kv_batch_get(keys=replay_keys[:1], partition_id=batch.partition_id, select_fields=["old_log_probs"])["old_log_probs"].dtype
-            stored = torch.nested.nested_tensor([self._replayed[key].to(dtype) for key in replay_keys], layout=torch.jagged)
-            tq.kv_batch_put(keys=replay_keys, partition_id=batch.partition_id, fields=TensorDict({"old_log_probs": stored}, batch_size=len(replay_keys)))
+        replayed = [key for key, tag in zip(batch.keys, batch.tags) if tag.get("is_replay") and not tag.get("is_padding")]
+        if replayed:
+            rows = tq.kv_batch_get(keys=replayed, partition_id=batch.partition_id, select_fields=["rollout_log_probs", "old_log_probs"])
+            # TransferQueue keeps one dtype per field: the stored log-probs go in the dtype verl
+            # holds old log-probs in (bf16 on CPU). They were collected from that same field, so
+            # the cast is exact.
+            stored = rows["rollout_log_probs"].to(rows["old_log_probs"].dtype)
+            tq.kv_batch_put(keys=replayed, partition_id=batch.partition_id, fields=TensorDict({"old_log_probs": stored}, batch_size=len(replayed)))
         return batch
 
     # ---- 4. learn from the step --------------------------------------------------------------

@@ -18,6 +18,7 @@ from exgrpo_verl import cpu_runtime
 
 cpu_runtime.activate()  # external modules load before verl's plugins; the platform must exist first
 
+from exgrpo_verl.verl_adapters.rows import uid_of_key  # noqa: E402
 from exgrpo_verl.verl_adapters.trainer import ExGRPOTrainer  # noqa: E402
 from verl.trainer.ppo.v1.trainer_base import register_trainer  # noqa: E402
 
@@ -42,13 +43,24 @@ class ObservedExGRPOTrainer(ExGRPOTrainer):
 
     def _insert_replayed_rows(self, batch, metrics):
         experience = dict(self._experience_uids)
-        rows_before = Counter(key.rsplit("_", 2)[0] for key in batch.keys)
+        rows_before = Counter(uid_of_key(key) for key in batch.keys)
         batch = super()._insert_replayed_rows(batch, metrics)
-        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["is_replay", "index"])
+        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                               select_fields=["is_replay", "index", "responses", "rollout_log_probs"])
         flags = rows["is_replay"].tolist()
+        # What each replayed row carries, checked against the buffer's stored trajectories now and
+        # against the old log-probs the trainer writes later.
+        self._inserted_log_probs, carried_stored = {}, []
+        for key, flag, qid, response, log_probs in zip(batch.keys, flags, rows["index"], rows["responses"].unbind(),
+                                                       rows["rollout_log_probs"].unbind()):
+            if flag:
+                self._inserted_log_probs[key] = log_probs.float()
+                carried_stored.append(any(
+                    c.response_ids.tolist() == response.tolist() and c.log_probs.tolist() == log_probs.float().tolist()
+                    for c in self.experience.candidates(int(qid))))
         members, replayed = Counter(), Counter()
         for key, flag in zip(batch.keys, flags):
-            uid = key.rsplit("_", 2)[0]
+            uid = uid_of_key(key)
             members[uid] += 1
             replayed[uid] += int(flag)
         _record(
@@ -60,15 +72,16 @@ class ObservedExGRPOTrainer(ExGRPOTrainer):
             questions=sorted({int(i) for i in rows["index"]}),
             retired_before=self._retired_before,
             group_size=self.group_size,
+            replayed_rows_carry_stored_trajectories=all(carried_stored),
         )
         return batch
 
     def _compute_old_log_prob(self, batch, metrics):
         batch = super()._compute_old_log_prob(batch, metrics)
-        keys = [key for key in batch.keys if key in self._replayed]
+        keys = [key for key in batch.keys if key in getattr(self, "_inserted_log_probs", {})]
         if keys:
             written = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["old_log_probs"])["old_log_probs"].unbind()
-            diffs = [float((w.float() - self._replayed[k].float()).abs().max()) for k, w in zip(keys, written)]
+            diffs = [float((w.float() - self._inserted_log_probs[k]).abs().max()) for k, w in zip(keys, written)]
             _record("old_log_probs", step=self.global_steps, replayed_rows=len(keys), max_abs_diff=max(diffs))
         return batch
 
