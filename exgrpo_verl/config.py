@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exgrpo_verl.experience import ExperienceConfig
+from exgrpo_verl.reward_guard import RewardGuardConfig
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ExGRPOConfig:
         (verl polls every 2 s; short CPU steps want less).
     loss, experience: see ExGRPOLossConfig and exgrpo_verl.experience.ExperienceConfig
         (its group_size comes from actor_rollout_ref.rollout.n, not from here).
+    reward: the reward guard's time limit and failure budget (exgrpo_verl.reward_guard).
     """
 
     replay_ratio: float = 0.5
@@ -60,6 +62,7 @@ class ExGRPOConfig:
     sampler_poll_interval_s: float = 0.5
     loss: ExGRPOLossConfig = field(default_factory=ExGRPOLossConfig)
     experience: dict[str, Any] = field(default_factory=dict)
+    reward: RewardGuardConfig = field(default_factory=RewardGuardConfig)
 
     def __post_init__(self):
         _require(0 <= self.replay_ratio < 1, "replay_ratio", self.replay_ratio, "a number in [0, 1)")
@@ -93,7 +96,8 @@ class ExGRPOConfig:
         loss_keys = {f.name for f in dataclasses.fields(ExGRPOLossConfig)}
         if set(loss) - loss_keys:
             raise ValueError(f"exgrpo.loss: unknown keys {sorted(set(loss) - loss_keys)}; allowed: {sorted(loss_keys)}")
-        config = cls(loss=ExGRPOLossConfig(**loss), **{k: v for k, v in values.items() if k != "experience"},
+        reward = RewardGuardConfig.from_dict(values.pop("reward", None))
+        config = cls(loss=ExGRPOLossConfig(**loss), reward=reward, **{k: v for k, v in values.items() if k != "experience"},
                      experience=dict(values.get("experience") or {}))
         # Validate the experience keys now, not mid-run; none of their checks depends on K.
         config.experience_config(group_size=_ANY_GROUP_SIZE)
