@@ -1,0 +1,406 @@
+"""The paper's comparison in miniature: GRPO vs ExGRPO (and ablations) from a warm-started tiny
+reasoner, through verl's real trainer on the CPU runtime.
+
+A *run* is one training of one method from one warm start with one seed: `python -m
+exgrpo_verl.main` with the CPU runtime, checkpoints (model, optimiser, ExGRPO state) at fixed
+fractions of the budget, so a stopped run resumes where it stopped (`trainer.resume_mode=auto`).
+Each checkpoint's HF model is then evaluated on the held-out set (avg@k at temperature 1 with
+the release's reward), once, cached as JSON beside it. `study_table` and the plots read runs
+back from their folders: a study can be split over many invocations.
+
+Used by `scripts/miniature.py` (the study) and `scripts/cpu_demo.py` (`make demo`, a short
+version).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exgrpo_verl.tasks import arithmetic
+from exgrpo_verl.tasks.arithmetic import ArithmeticTask
+from exgrpo_verl.tasks.warm_start import STRENGTHS, WarmStartSpec, warm_start
+
+# Methods as exgrpo overrides over the release's settings (rho 0.5, start 0.35, beta 0.1).
+METHODS: dict[str, list[str]] = {
+    "grpo": ["exgrpo.replay_ratio=0"],
+    "exgrpo": [],
+    "uniform_questions": ["exgrpo.experience.question_sampling=uniform"],
+    "random_trajectory": ["exgrpo.experience.selection_metric=random"],
+    "no_shaping": ["exgrpo.loss.policy_shaping=false"],
+    "no_delayed_start": ["exgrpo.start_solve_rate=0.0"],
+    "rho_0.25": ["exgrpo.replay_ratio=0.25"],
+    "rho_0.75": ["exgrpo.replay_ratio=0.75"],
+}
+QUICK_WARM_START_STEPS = 20
+REWARD_PATH = str(Path(__file__).with_name("reward.py"))
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """One study's shared settings. batch: questions per step (B); rollouts: K; steps: the budget
+    in update steps; checkpoints: how many evenly spaced evaluations (the last at `steps`)."""
+
+    task: ArithmeticTask = field(default_factory=ArithmeticTask)
+    train_per_level: int = 300
+    test_per_level: int = 100
+    eval_samples: int = 8
+    batch: int = 16
+    rollouts: int = 8
+    steps: int = 160
+    checkpoints: int = 4
+    lr: float = 1e-4
+    max_response_length: int = 64
+    max_prompt_length: int = 48  # the longest chat-rendered question is 37 tokens
+
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        return [round(self.steps * (i + 1) / self.checkpoints) for i in range(self.checkpoints)]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    seed: int = 0
+    strength: str = "medium"
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.strength}-s{self.seed}"
+
+
+def prepare(settings: StudySettings, out: Path, strengths: set[str], quick: bool = False) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Task data (RL pool and held-out set) and the warm-started models, built or reused
+    (`quick`: a few supervised steps only, for smoke runs)."""
+    data = arithmetic.write_splits(settings.task, out / "data", settings.train_per_level, settings.test_per_level)
+    steps = {name: QUICK_WARM_START_STEPS if quick else STRENGTHS[name] for name in strengths}
+    models = {name: warm_start(WarmStartSpec(steps=steps[name], task=settings.task)) for name in sorted(strengths)}
+    return data, models
+
+
+def run_overrides(settings: StudySettings, run: RunSpec, model: Path, data: dict[str, Path], run_dir: Path) -> list[str]:
+    """The trainer's hydra overrides for one run."""
+    from exgrpo_verl.cpu_runtime.launch import cpu_run_overrides
+
+    save_every = settings.checkpoint_steps[0]
+    if any(step % save_every for step in settings.checkpoint_steps):
+        raise ValueError(f"StudySettings: steps={settings.steps} must be a multiple of checkpoints={settings.checkpoints}")
+    return cpu_run_overrides(
+        str(model), str(data["train"]), str(data["test"]), batch_size=settings.batch,
+        rollouts_per_question=settings.rollouts, max_prompt_length=settings.max_prompt_length,
+        max_response_length=settings.max_response_length, total_steps=settings.steps,
+        output_dir=str(run_dir), reward_path=REWARD_PATH,
+    ) + METHODS[run.method] + [
+        f"actor_rollout_ref.actor.optim.lr={settings.lr}",
+        "actor_rollout_ref.actor.loss_agg_mode=token-mean",
+        f"data.seed={run.seed}",
+        f"actor_rollout_ref.rollout.seed={run.seed}",
+        "exgrpo.sampler_poll_interval_s=0.05",
+        f"trainer.save_freq={save_every}",
+        "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+        "trainer.resume_mode=auto",
+        f"trainer.experiment_name={run.name}",
+    ]
+
+
+# ---- running ---------------------------------------------------------------------------------
+def run_dir_of(out: Path, run: RunSpec) -> Path:
+    return out / "runs" / run.name
+
+
+def train(settings: StudySettings, run: RunSpec, model: Path, data: dict[str, Path], out: Path, on_step=None) -> Path:
+    """Train one run to its budget, resuming from its latest checkpoint if it has one. Each
+    attempt writes its own metrics file (verl's file logger truncates on reopen)."""
+    from exgrpo_verl.cpu_runtime.launch import run_training
+
+    run_dir = run_dir_of(out, run)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _last_checkpoint(run_dir) >= settings.steps:
+        return run_dir
+    attempt = len(list(run_dir.glob("metrics-*.jsonl")))
+    result = run_training(
+        run_overrides(settings, run, model, data, run_dir),
+        str(run_dir / f"train-{attempt}.log"),
+        str(run_dir / f"metrics-{attempt}.jsonl"),
+        timeout_s=6 * 3600,
+        on_step=on_step,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"run {run.name} failed (exit {result.returncode}); see {run_dir}/train-{attempt}.log")
+    return run_dir
+
+
+def _last_checkpoint(run_dir: Path) -> int:
+    tracker = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
+    return int(tracker.read_text().strip()) if tracker.exists() else 0
+
+
+def run_metrics(run_dir: Path) -> list[dict]:
+    """Per-step training metrics of a run over all its attempts (a resumed step: the latest)."""
+    from exgrpo_verl.cpu_runtime.launch import read_metrics
+
+    by_step: dict[int, dict] = {}
+    for path in sorted(run_dir.glob("metrics-*.jsonl"), key=lambda p: int(p.stem.split("-")[1])):
+        for row in read_metrics(str(path)):
+            if "timing_s/step" in row:
+                by_step[row["step"]] = row
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def evaluate_model(model_path: Path, test_file: Path, samples: int, max_tokens: int, cache: Path, seed: int = 1234) -> dict:
+    """avg@k on the held-out set at temperature 1 with the release's reward, cached in `cache`."""
+    if cache.exists():
+        return json.loads(cache.read_text())
+    import pandas as pd
+
+    from exgrpo_verl.evaluation.generation import generate
+    from exgrpo_verl.evaluation.metrics import avg_at_k
+    from exgrpo_verl.reward import release_reward
+
+    rows = pd.read_parquet(test_file).to_dict("records")
+    outputs = generate(str(model_path), [list(r["prompt"]) for r in rows], n=samples, temperature=1.0, max_tokens=max_tokens, backend="hf", batch_size=256, seed=seed)
+    records, lengths, by_level = [], [], {}
+    for row, responses in zip(rows, outputs):
+        for response in responses:
+            score = release_reward(response.text, row["reward_model"]["ground_truth"])
+            records.append({"data_source": row["data_source"], "question_id": row["extra_info"]["index"], "score": score})
+            by_level.setdefault(int(row["extra_info"]["level"]), []).append(score)
+            lengths.append(response.num_tokens)
+    per_question = np.array([np.mean([r["score"] for r in records[i * samples : (i + 1) * samples]]) for i in range(len(rows))])
+    result = {
+        "accuracy": avg_at_k(records)[arithmetic.DATA_SOURCE]["accuracy"],
+        "standard_error": float(per_question.std(ddof=1) / math.sqrt(len(per_question))),
+        "by_level": {f"L{level}": float(np.mean(scores)) for level, scores in sorted(by_level.items())},
+        "mean_response_tokens": float(np.mean(lengths)),
+        "questions": len(rows),
+        "samples_per_question": samples,
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def evaluate_run(settings: StudySettings, run_dir: Path, data: dict[str, Path]) -> dict[int, dict]:
+    """Held-out results at each checkpoint of a run: {step: result}."""
+    results = {}
+    for step in settings.checkpoint_steps:
+        model = run_dir / "checkpoints" / f"global_step_{step}" / "actor" / "huggingface"
+        if model.exists():
+            results[step] = evaluate_model(model, data["test"], settings.eval_samples, settings.max_response_length, run_dir / "eval" / f"step_{step}.json")
+    return results
+
+
+# ---- summarising -----------------------------------------------------------------------------
+def generated_rollouts_per_step(rows: list[dict], batch: int, rollouts: int) -> np.ndarray:
+    """Rollouts the server generated each step: B*K, less one per replayed question (its replayed
+    trajectory takes the place of the K-th rollout, which is never generated)."""
+    return np.array([batch * rollouts - row.get("exgrpo/replayed_questions", 0.0) for row in rows])
+
+
+def interpolate(x: np.ndarray, y: np.ndarray, at: float) -> float:
+    """y at x = `at` on the piecewise-linear curve through (x, y); NaN outside its range."""
+    if at < x[0] or at > x[-1]:
+        return float("nan")
+    return float(np.interp(at, x, y))
+
+
+def first_crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
+    """The smallest x where the piecewise-linear curve through (x, y) reaches `level`; NaN if never.
+
+    Between points (x0, y0) and (x1, y1) with y0 < level <= y1:  x = x0 + (level - y0) (x1 - x0) / (y1 - y0).
+    """
+    if y[0] >= level:
+        return float(x[0])
+    for x0, x1, y0, y1 in zip(x[:-1], x[1:], y[:-1], y[1:]):
+        if y0 < level <= y1:
+            return float(x0 + (level - y0) * (x1 - x0) / (y1 - y0))
+    return float("nan")
+
+
+@dataclass
+class RunSummary:
+    """What the tables and plots need from one finished run."""
+
+    run: RunSpec
+    steps: list[int]  # evaluation points, 0 first
+    rollouts: list[float]  # generated rollouts at those steps
+    accuracy: list[float]
+    standard_error: list[float]
+    by_level: list[dict]
+    train_rows: list[dict]
+    cumulative_rollouts: np.ndarray  # generated rollouts after each training step
+    eval_length: float
+    seconds_per_step: float
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.accuracy[-1]
+
+
+def summarise_run(settings: StudySettings, run: RunSpec, out: Path, start_result: dict, data: dict[str, Path]) -> RunSummary | None:
+    """None when the run has not reached its budget yet."""
+    run_dir = run_dir_of(out, run)
+    rows = run_metrics(run_dir)
+    evals = evaluate_run(settings, run_dir, data)
+    if len(evals) < len(settings.checkpoint_steps) or len(rows) < settings.steps:
+        return None
+    cumulative = np.concatenate([[0.0], np.cumsum(generated_rollouts_per_step(rows, settings.batch, settings.rollouts))])
+    steps = [0, *settings.checkpoint_steps]
+    results = [start_result, *(evals[s] for s in settings.checkpoint_steps)]
+    timed = [row["timing_s/step"] for row in rows[1:]]  # step 1 includes warm-up compilation and caches
+    return RunSummary(
+        run=run, steps=steps, rollouts=[float(cumulative[s]) for s in steps],
+        accuracy=[r["accuracy"] for r in results], standard_error=[r["standard_error"] for r in results],
+        by_level=[r["by_level"] for r in results], train_rows=rows, cumulative_rollouts=cumulative[1:],
+        eval_length=results[-1]["mean_response_tokens"], seconds_per_step=float(np.mean(timed)),
+    )
+
+
+def _mean_std(values) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def _tail_mean(rows: list[dict], key: str, last: int = 10) -> float:
+    values = [row[key] for row in rows[-last:] if key in row]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _after_start_mean(rows: list[dict], key: str) -> float:
+    values = [row[key] for row in rows if row.get("exgrpo/replay_active") and key in row]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def comparison_table(summaries: dict[str, list[RunSummary]], baseline: str = "grpo") -> str:
+    """Markdown: held-out accuracy at equal steps and at equal generated rollouts (mean ± std over
+    seeds), rollouts needed to reach the baseline's final accuracy, entropy, length, time."""
+    base = summaries[baseline]
+    equal_rollouts = min(s.rollouts[-1] for runs in summaries.values() for s in runs)
+    base_final = float(np.mean([s.final_accuracy for s in base]))
+    base_rollouts = float(np.mean([s.rollouts[-1] for s in base]))
+    base_time = float(np.mean([s.seconds_per_step for s in base]))
+    header = (
+        "| method | seeds | start | 25% steps | 50% steps | 100% steps | at equal rollouts "
+        f"({equal_rollouts:,.0f}) | rollouts to reach {baseline}'s final ({base_final:.3f}) | final entropy | "
+        "response tokens | s / step (vs " + baseline + ") |\n|" + "---|" * 11
+    )
+    lines = [header]
+    for method, runs in summaries.items():
+        q = len(runs[0].steps) - 1  # index of the last checkpoint; quarters of 4 checkpoints
+        at = {f: [s.accuracy[round(f * q)] for s in runs] for f in (0.25, 0.5, 1.0)}
+        equal = [interpolate(np.array(s.rollouts), np.array(s.accuracy), equal_rollouts) for s in runs]
+        mean_curve_x = np.mean([s.rollouts for s in runs], axis=0)
+        mean_curve_y = np.mean([s.accuracy for s in runs], axis=0)
+        reach = first_crossing(mean_curve_x, mean_curve_y, base_final)
+        reach_text = "not reached" if math.isnan(reach) else f"{reach:,.0f} ({reach / base_rollouts:.2f}x)"
+        time = float(np.mean([s.seconds_per_step for s in runs]))
+        lines.append(
+            f"| {method} | {len(runs)} | {_mean_std([s.accuracy[0] for s in runs])} | {_mean_std(at[0.25])} | "
+            f"{_mean_std(at[0.5])} | {_mean_std(at[1.0])} | {_mean_std(equal)} | {reach_text} | "
+            f"{_mean_std([_tail_mean(s.train_rows, 'actor/entropy') for s in runs])} | "
+            f"{_mean_std([s.eval_length for s in runs])} | {time:.2f} ({time / base_time:.2f}x) |"
+        )
+    return "\n".join(lines)
+
+
+def paired_differences(summaries: dict[str, list[RunSummary]], method: str, baseline: str = "grpo") -> str:
+    """Per seed: method minus baseline at equal generated rollouts and at the final step."""
+    by_seed = {s.run.seed: s for s in summaries[baseline]}
+    lines = ["| seed | final, " + baseline + " | final, " + method + " | difference at equal steps | difference at equal rollouts |", "|---|---|---|---|---|"]
+    equal_diffs, step_diffs = [], []
+    for s in summaries[method]:
+        b = by_seed.get(s.run.seed)
+        if b is None:
+            continue
+        rollouts = min(s.rollouts[-1], b.rollouts[-1])
+        equal = interpolate(np.array(s.rollouts), np.array(s.accuracy), rollouts) - interpolate(np.array(b.rollouts), np.array(b.accuracy), rollouts)
+        step_diffs.append(s.final_accuracy - b.final_accuracy)
+        equal_diffs.append(equal)
+        lines.append(f"| {s.run.seed} | {b.final_accuracy:.3f} | {s.final_accuracy:.3f} | {step_diffs[-1]:+.3f} | {equal:+.3f} |")
+    if len(equal_diffs) > 1:
+        se = lambda v: np.std(v, ddof=1) / math.sqrt(len(v))  # noqa: E731
+        lines.append(f"| mean ± s.e. | | | {np.mean(step_diffs):+.3f} ± {se(step_diffs):.3f} | {np.mean(equal_diffs):+.3f} ± {se(equal_diffs):.3f} |")
+    return "\n".join(lines)
+
+
+def replay_diagnostics(summaries: dict[str, list[RunSummary]]) -> str:
+    """Markdown: what replay did in each method's runs (means over steps after replay started)."""
+    keys = [
+        ("replay start step", None),
+        ("replayed share of rows", "exgrpo/replay_fraction"),
+        ("mean w on replayed tokens", "exgrpo/replay_importance_weight_mean"),
+        ("mean f(w) on replayed tokens", "exgrpo/replay_shaped_weight_mean"),
+        ("pool size", "exgrpo/buffer/pool_size"),
+        ("retired", "exgrpo/buffer/retired"),
+        ("fresh solve rate", "exgrpo/fresh_score_mean"),
+    ]
+    lines = ["| method | " + " | ".join(k for k, _ in keys) + " |", "|---|" + "---|" * len(keys)]
+    for method, runs in summaries.items():
+        if method == "grpo":
+            continue
+        cells = []
+        for label, key in keys:
+            if key is None:
+                starts = [next((r["step"] for r in s.train_rows if r.get("exgrpo/replay_active")), float("nan")) for s in runs]
+                cells.append(_mean_std(starts).replace(".000", ""))
+            else:
+                cells.append(_mean_std([_after_start_mean(s.train_rows, key) for s in runs]))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_accuracy_and_entropy(summaries: dict[str, list[RunSummary]], path: Path, title: str) -> Path:
+    """Held-out accuracy and training entropy vs generated rollouts, mean over seeds with a ±1 std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from exgrpo_verl.training_report import moving_average
+
+    fig, (acc_ax, ent_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for method, runs in summaries.items():
+        x = np.mean([s.rollouts for s in runs], axis=0)
+        y = np.array([s.accuracy for s in runs])
+        line = acc_ax.plot(x, y.mean(0), marker="o", label=f"{method} ({len(runs)} seeds)")[0]
+        if len(runs) > 1:
+            acc_ax.fill_between(x, y.mean(0) - y.std(0, ddof=1), y.mean(0) + y.std(0, ddof=1), color=line.get_color(), alpha=0.15)
+        entropy = np.mean([moving_average([r.get("actor/entropy", np.nan) for r in s.train_rows], 10) for s in runs], axis=0)
+        ent_ax.plot(np.mean([s.cumulative_rollouts for s in runs], axis=0), entropy, color=line.get_color(), label=method)
+    acc_ax.set(title=f"held-out accuracy ({title})", xlabel="generated rollouts", ylabel="avg@k, temperature 1")
+    ent_ax.set(title="policy entropy on training rows (10-step mean)", xlabel="generated rollouts", ylabel="token entropy")
+    for ax in (acc_ax, ent_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_buckets(summary: RunSummary, rollouts: int, path: Path) -> Path:
+    """Replay-pool occupancy per accuracy bucket (k successes of K) over training steps, one run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in summary.train_rows]
+    sizes = [[row.get(f"exgrpo/buffer/bucket/{k}", 0.0) for row in summary.train_rows] for k in range(1, rollouts)]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.stackplot(steps, sizes, labels=[f"{k}/{rollouts}" for k in range(1, rollouts)], cmap=None)
+    ax.set(title=f"replay pool by bucket ({summary.run.name})", xlabel="step", ylabel="questions in the pool")
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

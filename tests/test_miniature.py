@@ -1,0 +1,107 @@
+"""The miniature study's pieces: the chain-arithmetic task, the warm start, the study's summaries,
+and a smoke run of the whole pipeline (tiny warm start, GRPO and ExGRPO through verl's trainer)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from exgrpo_verl.miniature import first_crossing, generated_rollouts_per_step, interpolate
+from exgrpo_verl.reward import compute_score
+from exgrpo_verl.tasks import arithmetic
+from exgrpo_verl.tasks.arithmetic import ArithmeticTask, draw_questions, in_reserved_half, sample_question, solution
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_questions_are_well_formed_chains_with_values_in_range():
+    task = ArithmeticTask()
+    rng = __import__("random").Random(0)
+    for level in range(1, len(task.levels) + 1):
+        for _ in range(200):
+            question = sample_question(task, level, rng)
+            assert len(question.steps) == task.levels[level - 1]
+            assert eval(question.expression) == question.answer  # left-to-right +/- is Python's order
+            assert all(0 <= result <= task.value_max for *_, result in question.steps)
+            assert all(1 <= right <= task.operand_max for _, _, right, _ in question.steps)
+
+
+def test_worked_solution_earns_the_release_reward_and_an_imperfect_one_does_not():
+    question = sample_question(ArithmeticTask(), 3, __import__("random").Random(1))
+    assert compute_score(arithmetic.DATA_SOURCE, solution(question), str(question.answer)) == 1.0
+    wrong = solution(question, error_step=1, error=2)
+    assert wrong.endswith(f"\\boxed{{{question.answer + 2}}}")  # the error is carried to the answer
+    assert compute_score(arithmetic.DATA_SOURCE, wrong, str(question.answer)) == 0.0
+    without_close = solution(question).replace("</think>", " ")
+    assert compute_score(arithmetic.DATA_SOURCE, without_close, str(question.answer)) == 0.0
+
+
+def test_splits_are_deterministic_disjoint_and_kept_from_the_warm_up(tmp_path):
+    task = ArithmeticTask()
+    paths = arithmetic.write_splits(task, tmp_path, train_per_level=50, test_per_level=20, seed=3)
+    again = arithmetic.write_splits(task, tmp_path / "again", train_per_level=50, test_per_level=20, seed=3)
+    train, test = pd.read_parquet(paths["train"]), pd.read_parquet(paths["test"])
+    assert train.equals(pd.read_parquet(again["train"])) and test.equals(pd.read_parquet(again["test"]))
+    expressions = lambda frame: {p[0]["content"].removeprefix("Compute ") for p in frame["prompt"]}  # noqa: E731
+    assert not expressions(train) & expressions(test)
+    assert all(in_reserved_half(e) for e in expressions(train) | expressions(test))
+    assert len(train) == 50 * len(task.levels) and train["extra_info"].map(lambda e: e["index"]).is_unique
+    assert sorted(train["extra_info"].map(lambda e: e["level"]).unique()) == list(range(1, len(task.levels) + 1))
+
+
+def test_a_level_without_enough_questions_is_refused_with_the_fix():
+    tiny = ArithmeticTask(levels=(1,), first_max=2, operand_max=1, value_max=3)
+    with pytest.raises(ValueError, match="fewer than 50 distinct questions"):
+        draw_questions(tiny, 50, seed=0, reserved=True)
+
+
+def test_warm_start_examples_come_from_the_warm_up_half_and_mask_the_prompt():
+    from transformers import AutoTokenizer
+
+    from exgrpo_verl.tasks.warm_start import reasoner_model_spec, supervised_example
+    from exgrpo_verl.tiny_models import build_tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(reasoner_model_spec()))
+    rng = __import__("random").Random(0)
+    for _ in range(50):
+        ids, prompt_length = supervised_example(tokenizer, ArithmeticTask(), rng, (0.4, 0.3, 0.2, 0.1), 0.1)
+        prompt = tokenizer.decode(ids[:prompt_length])
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n")  # the release's prompt ending
+        expression = prompt.split("Compute ")[1].split("<|im_end|>")[0]
+        assert not in_reserved_half(expression)
+        assert ids[-1] == tokenizer.eos_token_id and "</think>\\boxed{" in tokenizer.decode(ids[prompt_length:])
+    digits = tokenizer.convert_ids_to_tokens(tokenizer("57+38", add_special_tokens=False)["input_ids"])
+    assert digits == ["5", "7", "+", "3", "8"]
+
+
+def test_interpolation_and_first_crossing():
+    x, y = np.array([0.0, 100.0, 200.0]), np.array([0.3, 0.4, 0.5])
+    assert interpolate(x, y, 150.0) == pytest.approx(0.45)
+    assert np.isnan(interpolate(x, y, 250.0))
+    assert first_crossing(x, y, 0.42) == pytest.approx(120.0)
+    assert first_crossing(x, y, 0.2) == 0.0
+    assert np.isnan(first_crossing(x, y, 0.6))
+
+
+def test_generated_rollouts_exclude_replayed_slots():
+    rows = [{}, {"exgrpo/replayed_questions": 3.0}]
+    assert generated_rollouts_per_step(rows, batch=4, rollouts=8).tolist() == [32.0, 29.0]
+
+
+def test_quick_study_runs_grpo_and_exgrpo_through_verl_and_writes_tables(tmp_path):
+    """The pipeline end to end on a few steps: warm start, two trainings through python -m
+    exgrpo_verl.main on the CPU runtime, held-out evaluation, tables and plots."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "miniature.py"), "--plan", "main", "--seeds", "0", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=1500,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tables = (tmp_path / "tables.md").read_text()
+    assert "| grpo | 1 |" in tables and "| exgrpo | 1 |" in tables
+    for name in ("accuracy_vs_rollouts.png", "buckets.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    evals = sorted((tmp_path / "runs" / "exgrpo-medium-s0" / "eval").glob("step_*.json"))
+    assert [p.name for p in evals] == ["step_2.json", "step_4.json"]
