@@ -24,7 +24,11 @@ setup(
     # trainer_configs/ (hydra yaml) ships inside the package as exgrpo_verl.trainer_configs.
     packages=find_packages(include=["exgrpo_verl", "exgrpo_verl.*"]) + ["exgrpo_verl.trainer_configs"],
     package_dir={"exgrpo_verl.trainer_configs": "trainer_configs"},
-    package_data={"exgrpo_verl.trainer_configs": ["*.yaml"]},
+    package_data={
+        "exgrpo_verl.trainer_configs": ["*.yaml"],
+        # The release's evaluation files (under 1 MB): tests and prepare_data.py --dataset valid read them.
+        "exgrpo_verl.data": ["eval/*.parquet", "eval/*.json", "eval/README.md"],
+    },
     install_requires=[
         "verl==0.9.1",
         "numpy",

@@ -1,7 +1,7 @@
 """Batched token-in / token-out sampling with a Hugging Face causal LM on the CPU.
 
-This is the generation core of the CPU rollout backend (`hf_rollout.py` wraps it in a verl
-rollout server) and of CPU evaluation. It has no verl or Ray dependency.
+The generation core of both the CPU rollout backend (`cpu_runtime/hf_rollout.py` wraps it in
+a verl rollout server) and CPU evaluation (`evaluation/generation.py`). No verl or Ray.
 
 Sampling follows vLLM's conventions so that a CPU run behaves like a GPU run:
 - logits are divided by the temperature, then top-k and then top-p filter the distribution;
@@ -16,6 +16,7 @@ Sampling follows vLLM's conventions so that a CPU run behaves like a GPU run:
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,18 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.temperature={self.temperature}: must be >= 0 (0 = greedy)")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingParams.top_p={self.top_p}: must be in (0, 1]")
+
+
+def eos_token_ids(tokenizer, generation_config=None) -> tuple[int, ...]:
+    """The ids that end a response: the tokenizer's EOS and the generation config's (an int or a
+    list; chat models often list the end-of-turn token there), sorted, without duplicates."""
+    ids: set[int] = set()
+    for value in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, Iterable):
+            ids.update(int(item) for item in value)
+    return tuple(sorted(ids))
 
 
 @dataclass
@@ -78,19 +91,9 @@ class HFGenerationEngine:
         self.model.eval()
         self.max_batch_size = max_batch_size
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.default_stop_ids = self._eos_token_ids()
+        self.default_stop_ids = eos_token_ids(self.tokenizer, self.model.generation_config)
         self.generator = torch.Generator().manual_seed(seed)
         self._lock = threading.Lock()
-
-    def _eos_token_ids(self) -> tuple[int, ...]:
-        ids = set()
-        eos = getattr(self.model.generation_config, "eos_token_id", None)
-        for value in (eos, self.tokenizer.eos_token_id):
-            if isinstance(value, int):
-                ids.add(value)
-            elif value is not None:
-                ids.update(value)
-        return tuple(sorted(ids))
 
     @torch.no_grad()
     def load_weights(self, named_tensors) -> int:

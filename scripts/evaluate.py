@@ -1,7 +1,7 @@
 """Evaluate a model on verl parquet files: avg@k per benchmark, every sample graded by every grader.
 
     python scripts/evaluate.py --model PATH \\
-        --data ../shared/data/eval/math_test_id.parquet ../shared/data/eval/arc_c.parquet --out results/run1
+        --data exgrpo_verl/data/eval/math_test_id.parquet exgrpo_verl/data/eval/arc_c.parquet --out results/run1
     python scripts/evaluate.py --out results/run1 --regrade   # re-score results/run1/samples.jsonl only
 
 Repeated rows (the release's files repeat AIME/AMC questions 32 times for avg@32) are
@@ -12,7 +12,10 @@ aime/aime25/amc, 1 elsewhere). Writes to --out:
   detail}}, grader (the one that counts) and score.
 - summary.json: settings, per-benchmark avg@k (+ by grader, outcome counts, truncation rate),
   in-distribution / OOD averages, and generation throughput.
-Multiple-choice benchmarks always count the choice grader; the others count --grader.
+The paper's protocol is the default: maths counts the boxed grader (the release's OAT-style
+one; math-verify is kept as a column), multiple choice the strict choice grader (only
+`\\boxed{X}` counts), and the system prompt is dropped for the authors' released models
+(--system-prompt auto), as the release's evaluation script does for every model it scores.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import pandas as pd
 
 from exgrpo_verl.data import unique_questions
 from exgrpo_verl.evaluation.generation import generate, resolve_backend
-from exgrpo_verl.evaluation.graders import grade, graders_for, is_multiple_choice
+from exgrpo_verl.evaluation.graders import CHOICE_GRADERS, MATH_GRADERS, grade, grader_for, graders_for
 from exgrpo_verl.evaluation.metrics import k_for, samples_per_question, summarize
 
 
@@ -41,12 +44,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-tokens", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grader", choices=["math_verify", "boxed"], default="math_verify")
+    parser.add_argument("--grader", choices=MATH_GRADERS, default="boxed", help="the grader that counts for maths")
+    parser.add_argument(
+        "--choice-grader", choices=CHOICE_GRADERS, default="choice", help="multiple choice: strict (boxed) or lenient"
+    )
     parser.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="auto: vLLM if installed")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass (CPU engine)")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model (vLLM)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N unique questions of each data source")
-    parser.add_argument("--drop-system-prompt", action="store_true", help="the release's --remove_system True")
+    parser.add_argument(
+        "--system-prompt",
+        choices=["auto", "keep", "drop"],
+        default="auto",
+        help="drop: the release's --remove_system True; auto: drop for the authors' released models (ExGRPO-*)",
+    )
     parser.add_argument("--regrade", action="store_true", help="re-score --out/samples.jsonl without generating")
     args = parser.parse_args(argv)
     if not args.regrade and (not args.model or not args.data):
@@ -63,6 +74,17 @@ def load_questions(paths: list[str], limit: int | None) -> pd.DataFrame:
     return questions
 
 
+# The authors' released checkpoints (huggingface.co/rzzhan/ExGRPO-...), by name or local folder name.
+RELEASED_MODEL_PREFIX = "exgrpo-"
+
+
+def drops_system_prompt(system_prompt: str, model: str) -> bool:
+    """Whether the prompts lose their system message: "drop", or "auto" for a released ExGRPO model."""
+    if system_prompt == "auto":
+        return Path(model.rstrip("/")).name.lower().startswith(RELEASED_MODEL_PREFIX)
+    return system_prompt == "drop"
+
+
 def chat_messages(prompt, drop_system_prompt: bool) -> list[dict]:
     messages = [{"role": message["role"], "content": message["content"]} for message in prompt]
     return [m for m in messages if m["role"] != "system"] if drop_system_prompt else messages
@@ -72,7 +94,8 @@ def sample_records(questions: pd.DataFrame, args: argparse.Namespace) -> tuple[l
     """Generate k responses per question; one ungraded record per sample, plus throughput."""
     ks = samples_per_question(args.avg_k)
     counts = [k_for(source, ks) for source in questions["data_source"]]
-    prompts = [chat_messages(prompt, args.drop_system_prompt) for prompt in questions["prompt"]]
+    drop = drops_system_prompt(args.system_prompt, args.model)
+    prompts = [chat_messages(prompt, drop) for prompt in questions["prompt"]]
     started = time.perf_counter()
     responses = generate(
         args.model,
@@ -112,13 +135,13 @@ def sample_records(questions: pd.DataFrame, args: argparse.Namespace) -> tuple[l
     return records, generation
 
 
-def grade_record(record: dict, grader: str) -> dict:
+def grade_record(record: dict, grader: str, choice_grader: str = "choice") -> dict:
     """The record with grades by every grader that applies, and the score of the one that counts."""
     grades = {}
     for name in graders_for(record["data_source"]):
         result = grade(record["response"], record["ground_truth"], name)
         grades[name] = {"score": result.score, **asdict(result)}
-    counted = "choice" if is_multiple_choice(record["data_source"]) else grader
+    counted = grader_for(record["data_source"], grader, choice_grader)
     return {**record, "grades": grades, "grader": counted, "score": grades[counted]["score"]}
 
 
@@ -156,12 +179,14 @@ def main(argv=None) -> dict:
         records, generation = sample_records(load_questions(args.data, args.limit), args)
         settings = {
             key: getattr(args, key)
-            for key in ("model", "data", "avg_k", "temperature", "top_p", "max_tokens", "seed", "drop_system_prompt")
+            for key in ("model", "data", "avg_k", "temperature", "top_p", "max_tokens", "seed", "system_prompt")
         }
+        settings["drop_system_prompt"] = drops_system_prompt(args.system_prompt, args.model)
     print(f"grading {len(records)} samples")
-    records = [grade_record(record, args.grader) for record in records]
+    records = [grade_record(record, args.grader, args.choice_grader) for record in records]
     write_jsonl(samples_path, records)
-    summary = {"settings": {**settings, "grader": args.grader}, **summarize(records), "generation": generation}
+    graders = {"grader": args.grader, "choice_grader": args.choice_grader}
+    summary = {"settings": {**settings, **graders}, **summarize(records), "generation": generation}
     summary_path.write_text(json.dumps(summary, indent=2))
     print_results(summary)
     print(f"wrote {samples_path} and {summary_path}")

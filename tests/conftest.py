@@ -1,13 +1,10 @@
-"""Shared fixtures: a tiny model built locally, the shared evaluation data, toy-task data."""
+"""Shared fixtures: a tiny model built locally, toy-task data."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -15,13 +12,6 @@ def tiny_qwen2(tmp_path_factory) -> Path:
     from exgrpo_verl.tiny_models import TinyModelSpec, build_tiny_model
 
     return build_tiny_model(TinyModelSpec(family="qwen2"), tmp_path_factory.mktemp("models") / "tiny-qwen2")
-
-
-@pytest.fixture(scope="session")
-def shared_data_dir() -> Path:
-    path = Path(os.environ.get("EXGRPO_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-    assert (path / "eval").is_dir(), f"shared evaluation data not found at {path}; set EXGRPO_SHARED_DATA"
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from exgrpo_verl.cpu_runtime.hf_engine import HFGenerationEngine, SamplingParams, filter_top_k_top_p
+from exgrpo_verl.hf_generation import HFGenerationEngine, SamplingParams, filter_top_k_top_p
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,16 @@ def test_bad_sampling_params_name_the_field(bad):
     field = next(k for k in bad if k != "max_tokens") if len(bad) > 1 else "max_tokens"
     with pytest.raises(ValueError, match=field):
         SamplingParams(**bad)
+
+
+def test_eos_token_ids_joins_the_tokenizer_and_the_generation_config(engine):
+    from transformers import GenerationConfig
+
+    from exgrpo_verl.hf_generation import eos_token_ids
+
+    tokenizer = engine.tokenizer
+    eos = tokenizer.eos_token_id
+    assert eos_token_ids(tokenizer) == (eos,)
+    assert eos_token_ids(tokenizer, GenerationConfig(eos_token_id=[eos + 1, eos, 3])) == tuple(sorted({3, eos, eos + 1}))
+    assert eos_token_ids(tokenizer, GenerationConfig(eos_token_id=7)) == tuple(sorted({7, eos}))
+    assert engine.default_stop_ids == eos_token_ids(tokenizer, engine.model.generation_config)

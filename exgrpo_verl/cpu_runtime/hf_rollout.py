@@ -21,7 +21,7 @@ import ray
 import torch
 
 from exgrpo_verl.cpu_runtime import check_rollout_config
-from exgrpo_verl.cpu_runtime.hf_engine import HFGenerationEngine, SamplingParams
+from exgrpo_verl.hf_generation import HFGenerationEngine, SamplingParams
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 

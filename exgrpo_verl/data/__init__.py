@@ -2,6 +2,7 @@
 
 - `rows`: the row schema, the release's system prompt, `validate_rows`, dedupe and repeats.
 - `sources`: the Hugging Face sources and their record -> row converters; downloads are lazy.
+- `eval/`: the release's evaluation files, shipped with the package (`EVAL_DATA_DIR`, README there).
 
 `scripts/prepare_data.py` is the command line over these functions.
 """
@@ -18,6 +19,7 @@ from exgrpo_verl.data.rows import (
     write_rows,
 )
 from exgrpo_verl.data.sources import (
+    EVAL_DATA_DIR,
     EVAL_SOURCES,
     OPENR1,
     SOURCES,
@@ -29,6 +31,7 @@ from exgrpo_verl.data.sources import (
 )
 
 __all__ = [
+    "EVAL_DATA_DIR",
     "EVAL_SOURCES",
     "OPENR1",
     "SOURCES",

@@ -13,26 +13,37 @@ Sources, matched to the release's evaluation files where those exist:
 - aime24 / aime25 / amc23 / math500 / minerva / olympiad_bench: the in-distribution benchmarks.
   amc23 is AI-MO/aimo-validation-amc (83 AMC 2022-23 problems, float answers such as "142.0"),
   which is what the release's "amc" rows hold.
-- arc_c / gpqa_diamond / mmlu_pro: multiple choice, written as the release's ARC-c rows are:
-  "question\\n\\nA) option\\nB) option\\n", ground truth the option label. GPQA lists the correct
-  answer first, so its options are shuffled, with a fixed seed per question.
+- arc_c / mmlu_pro: multiple choice, written as the release's ARC-c rows are:
+  "question\\n\\nA) option\\nB) option\\n", ground truth the option label.
+- gpqa_diamond: written as the release's GPQA rows are (its `data/valid.gpqa.parquet`): its
+  instruction, the question, then "A) ..." to "D) ..." with the incorrect answers in the
+  dataset's order and the correct one at the release's position for that question
+  (`eval/gpqa_diamond_answer_positions.json`: a hash of the question -> its letter; questions
+  not listed get a position drawn with a fixed seed per question).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from exgrpo_verl.answers import last_boxed
 from exgrpo_verl.data.rows import make_row
-from exgrpo_verl.evaluation.graders import last_boxed
 
+EVAL_DATA_DIR = Path(__file__).resolve().parent / "eval"  # the release's files shipped with the package
 GPQA_SHUFFLE_SEED = 0
+GPQA_INSTRUCTION = (  # the release's GPQA prompt, verbatim
+    "Answer the following multiple choice question. The last line of your response should be of the following "
+    "format: 'ANSWER: $LETTER' (without quotes) where LETTER is one of ABCD. Think step by step before answering."
+)
 OLYMPIAD = "OE_TO_maths_en_COMP"  # OlympiadBench's open-ended, text-only, English maths part: 675 questions
 OPTION_LABELS = "ABCDEFGHIJ"
 
@@ -118,10 +129,25 @@ def arc_question_answer(record: Mapping) -> tuple[str, str]:
 
 def gpqa_question_answer(record: Mapping) -> tuple[str, str]:
     question = _field(record, "Question")
-    correct = _field(record, "Correct Answer").strip()
-    options = [correct] + [_field(record, f"Incorrect Answer {i}").strip() for i in (1, 2, 3)]
-    random.Random(f"{GPQA_SHUFFLE_SEED}:{question}").shuffle(options)
-    return multiple_choice_question(question, options), OPTION_LABELS[options.index(correct)]
+    correct = _field(record, "Correct Answer")
+    options = [_field(record, f"Incorrect Answer {i}") for i in (1, 2, 3)]
+    position = _gpqa_answer_positions().get(question_hash(question))
+    if position is None:
+        position = random.Random(f"{GPQA_SHUFFLE_SEED}:{question.strip()}").choice(OPTION_LABELS[:4])
+    options.insert(OPTION_LABELS.index(position), correct)
+    # Question and options as published (not stripped), joined as the release's rows are.
+    lines = "\n".join(f"{label}) {option}" for label, option in zip(OPTION_LABELS, options))
+    return f"{GPQA_INSTRUCTION}\n\n{question}\n\n{lines}", position
+
+
+def question_hash(question: str) -> str:
+    return hashlib.sha1(question.strip().encode()).hexdigest()[:12]
+
+
+@cache
+def _gpqa_answer_positions() -> dict[str, str]:
+    with (EVAL_DATA_DIR / "gpqa_diamond_answer_positions.json").open(encoding="utf-8") as file:
+        return json.load(file)
 
 
 def mmlu_pro_question_answer(record: Mapping) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """Sample n responses per prompt: vLLM's offline `LLM` when vLLM imports, else the CPU engine.
 
-The CPU engine (`exgrpo_verl.cpu_runtime.hf_engine`) is imported only when vLLM is missing (or
+The CPU engine (`exgrpo_verl.hf_generation`) is imported only when vLLM is missing (or
 asked for with backend="hf"), so a GPU machine never loads it. Both paths take prompts as token
 ids (chat messages are rendered with the model's own chat template first) and decode responses
 the way verl's reward loop does: `tokenizer.decode(ids, skip_special_tokens=True)`.
@@ -113,7 +113,7 @@ def _vllm_sampler(model_path, temperature, top_p, max_tokens, seed, tensor_paral
 def _cpu_sampler(model_path, temperature, top_p, max_tokens, seed, batch_size):
     from tqdm import tqdm
 
-    from exgrpo_verl.cpu_runtime.hf_engine import HFGenerationEngine, SamplingParams
+    from exgrpo_verl.hf_generation import HFGenerationEngine, SamplingParams
 
     engine = HFGenerationEngine(model_path, seed=seed, max_batch_size=batch_size)
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p)

@@ -23,6 +23,7 @@ BENCHMARK_NAMES = {
     "olympiad_bench": "OlympiadBench",
     "arc_c": "ARC-c",
     "gpqa_diamond": "GPQA-diamond",
+    "gpqa": "GPQA-diamond",  # the release's own GPQA file names it so
     "mmlu_pro": "MMLU-Pro",
 }
 IN_DISTRIBUTION = ("AIME24", "AIME25", "AMC23", "MATH-500", "Minerva", "OlympiadBench")

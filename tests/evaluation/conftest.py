@@ -1,4 +1,5 @@
-"""Fixtures for the evaluation and data tests: the scripts as modules, a small real-data fixture."""
+"""Fixtures for the evaluation and data tests: the scripts as modules, the release's files shipped
+in exgrpo_verl/data/eval/, and a small real-data fixture cut from them."""
 
 from __future__ import annotations
 
@@ -25,17 +26,19 @@ def load_script():
 
 
 @pytest.fixture(scope="session")
-def shared_eval_dir(shared_data_dir) -> Path:
-    return shared_data_dir / "eval"
+def eval_data_dir() -> Path:
+    from exgrpo_verl.data import EVAL_DATA_DIR
+
+    return EVAL_DATA_DIR
 
 
 @pytest.fixture(scope="session")
-def small_eval_parquet(shared_eval_dir, tmp_path_factory) -> Path:
+def small_eval_parquet(eval_data_dir, tmp_path_factory) -> Path:
     """Real rows: question 0 of every in-distribution benchmark (AIME/AMC with all their 32
     repeats, to exercise deduplication) and the first two ARC-c questions."""
-    math_rows = pd.read_parquet(shared_eval_dir / "math_test_id.parquet")
+    math_rows = pd.read_parquet(eval_data_dir / "math_test_id.parquet")
     first_questions = math_rows[[extra["index"] == 0 for extra in math_rows["extra_info"]]]
-    arc_rows = pd.read_parquet(shared_eval_dir / "arc_c.parquet").head(2)
+    arc_rows = pd.read_parquet(eval_data_dir / "arc_c.parquet").head(2)
     path = tmp_path_factory.mktemp("eval_fixture") / "small_eval.parquet"
     pd.concat([first_questions, arc_rows], ignore_index=True).to_parquet(path)
     return path

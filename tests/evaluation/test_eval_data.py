@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 import subprocess
 import sys
 
@@ -23,7 +24,8 @@ from exgrpo_verl.data import (
     unique_questions,
     validate_rows,
 )
-from exgrpo_verl.data.sources import arc_question_answer, gpqa_question_answer
+from exgrpo_verl.data import sources
+from exgrpo_verl.data.sources import GPQA_INSTRUCTION, arc_question_answer, gpqa_question_answer
 from exgrpo_verl.evaluation.graders import grade, is_multiple_choice
 from exgrpo_verl.evaluation.metrics import BENCHMARK_NAMES
 
@@ -64,15 +66,15 @@ EVAL_RECORDS = {
 }
 
 
-def test_system_prompt_is_the_release_prompt(shared_eval_dir):
+def test_system_prompt_is_the_release_prompt(eval_data_dir):
     for name in ("math_test_id", "math_valid", "arc_c"):
-        prompts = pd.read_parquet(shared_eval_dir / f"{name}.parquet")["prompt"]
+        prompts = pd.read_parquet(eval_data_dir / f"{name}.parquet")["prompt"]
         assert {prompt[0]["content"] for prompt in prompts} == {SYSTEM_PROMPT}
 
 
-def test_arc_conversion_reproduces_the_release_rows(shared_eval_dir):
+def test_arc_conversion_reproduces_the_release_rows(eval_data_dir):
     # Rebuild the HF record behind each of the first ARC-c rows and convert it again.
-    for row in pd.read_parquet(shared_eval_dir / "arc_c.parquet").head(20).to_dict("records"):
+    for row in pd.read_parquet(eval_data_dir / "arc_c.parquet").head(20).to_dict("records"):
         question, options = row["prompt"][-1]["content"].split("\n\n", 1)
         labels, texts = zip(*re.findall(r"^(\w)\) (.*)$", options, flags=re.M))
         record = {"question": question, "choices": {"text": list(texts), "label": list(labels)}}
@@ -108,7 +110,25 @@ def test_eval_ground_truth_formats():
     assert truths["arc_c"]["prompt"][-1]["content"] == "Which is a planet?\n\nA) Moon\nB) Mars\nC) Sun\n"
 
 
-def test_gpqa_options_are_shuffled_reproducibly_and_the_label_follows():
+def test_gpqa_rows_have_the_releases_prompt_and_answer_position(monkeypatch):
+    record = {**EVAL_RECORDS["gpqa_diamond"], "Question": "Which particle is a lepton?\n"}
+    # The release's position for this question (the shipped table holds GPQA-diamond's 198 questions).
+    monkeypatch.setitem(sources._gpqa_answer_positions(), sources.question_hash(record["Question"]), "C")
+    question, label = gpqa_question_answer(record)
+    assert label == "C"
+    assert question == (
+        f"{GPQA_INSTRUCTION}\n\nWhich particle is a lepton?\n\n\nA) proton\nB) neutron\nC) electron\nD) pion"
+    )
+    assert GPQA_INSTRUCTION.startswith("Answer the following multiple choice question.")
+
+
+def test_gpqa_answer_positions_cover_the_diamond_set():
+    positions = sources._gpqa_answer_positions()
+    assert len(positions) == 198
+    assert Counter(positions.values()) == {"A": 53, "B": 42, "C": 52, "D": 51}  # as in the release's file
+
+
+def test_gpqa_questions_outside_the_table_get_a_reproducible_position():
     record = EVAL_RECORDS["gpqa_diamond"]
     question, label = gpqa_question_answer(record)
     assert gpqa_question_answer(dict(record)) == (question, label)
@@ -160,8 +180,8 @@ def test_validate_rows_finds_the_bad_row_among_good_ones_and_repeated_indices():
     assert "row 4: extra_info.index=1 repeats row 1" in str(error.value)
 
 
-def test_shared_files_pass_validation_and_dedupe(shared_eval_dir):
-    rows = pd.read_parquet(shared_eval_dir / "math_test_id.parquet")
+def test_release_files_pass_validation_and_dedupe(eval_data_dir):
+    rows = pd.read_parquet(eval_data_dir / "math_test_id.parquet")
     validate_rows(rows, require_unique_index=False)
     with pytest.raises(RowValidationError, match="repeats row"):
         validate_rows(rows)  # the release repeats AIME/AMC questions under one index
@@ -171,7 +191,7 @@ def test_shared_files_pass_validation_and_dedupe(shared_eval_dir):
     assert per_source.loc["aime"].tolist() == [30, 32]
     assert per_source.loc["amc"].tolist() == [83, 32]
     assert per_source.loc["math"].tolist() == [500, 1]
-    validate_rows(pd.read_parquet(shared_eval_dir / "arc_c.parquet"))
+    validate_rows(pd.read_parquet(eval_data_dir / "arc_c.parquet"))
 
 
 def test_repeat_rows_keeps_indices_unique():

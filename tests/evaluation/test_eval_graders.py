@@ -1,4 +1,4 @@
-"""Graders on hand-written answer pairs, on the shared files' real ground truths, and off the main thread."""
+"""Graders on hand-written answer pairs, on the release files' real ground truths, and off the main thread."""
 
 from __future__ import annotations
 
@@ -12,21 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import pytest
 
-from exgrpo_verl.evaluation import graders
-from exgrpo_verl.evaluation.graders import (
-    CORRECT,
-    GRADER_ERROR,
-    INCORRECT,
-    NO_ANSWER,
-    compute_score,
-    extract_choice,
-    grade,
-    grade_math_verify,
-    last_boxed,
-    normalize_answer,
-    numbers_equal,
-    reward_error_counts,
-)
+from exgrpo_verl.answers import boxed_choice, extract_choice, last_boxed, normalize_answer, numbers_equal
+from exgrpo_verl.evaluation import reward_function
+from exgrpo_verl.evaluation.graders import grade, grade_math_verify
+from exgrpo_verl.evaluation.math_verify_worker import MathVerifyWorker
+from exgrpo_verl.evaluation.outcomes import CORRECT, GRADER_ERROR, INCORRECT, NO_ANSWER
+from exgrpo_verl.evaluation.reward_function import compute_score, reward_error_counts
 
 # (response, ground truth): equivalent answers both string-level and math-level graders accept.
 EQUIVALENT = [
@@ -79,6 +70,27 @@ def test_wrong_answers_are_incorrect(grader, response, ground_truth):
     assert result.score == 0.0
 
 
+# Answers only the boxed grader's slow tier (math-verify on the box) or its case-folding accepts.
+BOXED_BEYOND_STRINGS = [
+    (r"\boxed{2\sqrt{2}}", r"\sqrt{8}"),
+    (r"\boxed{x^2+2x}", r"2x+x^2"),
+    (r"\boxed{\frac{\pi}{4}}", r"\dfrac{\pi}4"),
+    (r"\boxed{Yes}", r"\text{yes}"),
+    (r"\boxed{5}", r"\boxed{5}"),  # a boxed ground truth is unboxed first, as in the release
+]
+
+
+@pytest.mark.parametrize("response, ground_truth", BOXED_BEYOND_STRINGS)
+def test_boxed_grader_tiers_beyond_string_equality(response, ground_truth):
+    assert grade(response, ground_truth, "boxed").outcome == CORRECT
+
+
+def test_boxed_grader_needs_a_box_even_when_the_prose_is_right():
+    # The release's grader gives no credit without a box (OAT: "formatted": False).
+    for response in ("The answer is 42", "<think>\\boxed{42}</think> so 42", "answer: \\frac{1}{2}"):
+        assert grade(response, "42", "boxed").outcome == NO_ANSWER
+
+
 def test_missing_box():
     # The boxed grader needs a box; math-verify falls back to the last answer it can find.
     assert grade("The answer is 42", "42", "boxed").outcome == NO_ANSWER
@@ -128,6 +140,14 @@ def test_numbers_equal_within_tolerance():
     assert not numbers_equal("1/0", "1")
 
 
+def test_strict_choice_reads_only_the_box():
+    assert boxed_choice(r"so \boxed{C}") == "C"
+    assert boxed_choice(r"\boxed{(B) 10^-4 eV}") == "B"
+    assert boxed_choice(r"<think>\boxed{A}</think> The answer is (B).") is None
+    assert boxed_choice("The answer is (C).") is None
+    assert boxed_choice(r"\boxed{3}", "digit") == "3"
+
+
 @pytest.mark.parametrize(
     "response, label",
     [
@@ -150,18 +170,22 @@ def test_extract_choice(response, label):
     assert extract_choice(response) == label
 
 
-def test_choice_grader():
-    assert grade("The answer is (C).", "C", "choice").outcome == CORRECT
-    assert grade("The answer is (B).", "C", "choice").outcome == INCORRECT
-    assert grade("no choice made", "C", "choice").outcome == NO_ANSWER
-    assert grade(r"\boxed{2}", "2", "choice").outcome == CORRECT  # ARC-c questions numbered 1-4
-    assert grade(r"\boxed{3}", "2", "choice").outcome == INCORRECT
-    result = grade(r"\boxed{C}", r"\frac{1}{2}", "choice")
-    assert result.outcome == GRADER_ERROR and "not an option label" in result.detail
+def test_choice_graders_strict_and_lenient():
+    # Strict (the default, as the release): only the boxed label counts; lenient reads prose too.
+    assert grade("The answer is (C).", "C", "choice").outcome == NO_ANSWER
+    assert grade("The answer is (C).", "C", "choice_lenient").outcome == CORRECT
+    assert grade(r"\boxed{C}", "C", "choice").outcome == CORRECT
+    for grader in ("choice", "choice_lenient"):
+        assert grade(r"The answer is (B). \boxed{B}", "C", grader).outcome == INCORRECT
+        assert grade("no choice made", "C", grader).outcome == NO_ANSWER
+        assert grade(r"\boxed{2}", "2", grader).outcome == CORRECT  # ARC-c questions numbered 1-4
+        assert grade(r"\boxed{3}", "2", grader).outcome == INCORRECT
+        result = grade(r"\boxed{C}", r"\frac{1}{2}", grader)
+        assert result.outcome == GRADER_ERROR and "not an option label" in result.detail
 
 
 def test_grade_rejects_unknown_grader_and_non_text():
-    with pytest.raises(ValueError, match="math_verify"):
+    with pytest.raises(ValueError, match="choice_lenient"):
         grade(r"\boxed{1}", "1", "exact")
     with pytest.raises(TypeError, match="response must be a str"):
         grade(None, "1")
@@ -169,14 +193,16 @@ def test_grade_rejects_unknown_grader_and_non_text():
 
 def test_compute_score_picks_the_grader_by_data_source():
     assert compute_score("math", r"<think>...</think> \boxed{\frac{1}{2}}", "0.5") == 1.0
+    assert compute_score("math", r"<think>...</think> the answer is 1/2", "0.5") == 1.0  # math-verify: no box needed
     assert compute_score("aime", r"\boxed{204}", "205") == 0.0
-    # Multiple choice: a letter in prose counts, which math-verify alone would not read.
-    assert compute_score("arc_c", "The answer is (C).", "C") == 1.0
-    assert compute_score("gpqa_diamond", "The answer is (C).", "D") == 0.0
+    # Multiple choice: the strict choice grader, which math-verify alone would not apply.
+    assert compute_score("arc_c", r"The answer is \boxed{C}.", "C") == 1.0
+    assert compute_score("arc_c", "The answer is (C).", "C") == 0.0
+    assert compute_score("gpqa_diamond", r"\boxed{C}", "D") == 0.0
     assert compute_score("TIGER-Lab/MMLU-Pro", r"\boxed{J}", "J") == 1.0
 
 
-@pytest.mark.parametrize("path", ["pkg://exgrpo_verl.evaluation.graders", graders.__file__])
+@pytest.mark.parametrize("path", ["pkg://exgrpo_verl.evaluation.reward_function", reward_function.__file__])
 def test_verl_loads_compute_score_from_its_reward_config(path):
     from omegaconf import OmegaConf
     from verl.trainer.ppo.reward import get_custom_reward_fn
@@ -213,7 +239,7 @@ def test_math_verify_off_the_main_thread():
 
 def test_math_verify_worker_is_replaced_after_missing_its_deadline(monkeypatch):
     # The child needs >= 1 s (its first comparison runs into the 1 s alarm); the parent waits 0.2 s.
-    monkeypatch.setattr(graders._MathVerifyWorker, "DEADLINE_PER_TIMEOUT", 0.2)
+    monkeypatch.setattr(MathVerifyWorker, "DEADLINE_PER_TIMEOUT", 0.2)
     with ThreadPoolExecutor(max_workers=1) as pool:
         late = pool.submit(grade_math_verify, r"\boxed{10^{10^{10}}}", "100", 1).result()
         monkeypatch.undo()
@@ -230,7 +256,7 @@ def test_reward_works_in_a_script_without_a_main_guard(tmp_path):
             r"""
             import json
             from concurrent.futures import ThreadPoolExecutor
-            from exgrpo_verl.evaluation.graders import compute_score
+            from exgrpo_verl.evaluation.reward_function import compute_score
 
             def score(answer):
                 return compute_score("math", "<think>x</think> \\boxed{" + answer + "}", "\\frac{1}{2}")
@@ -247,7 +273,7 @@ def test_reward_works_in_a_script_without_a_main_guard(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Real ground truths from the shared evaluation files
+# Real ground truths from the release's evaluation files
 
 
 def _unique_ground_truths(path) -> list[tuple[str, str]]:
@@ -261,8 +287,8 @@ def _failures(pairs, response_of, grader) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def math_ground_truths(shared_eval_dir) -> list[tuple[str, str]]:
-    pairs = _unique_ground_truths(shared_eval_dir / "math_test_id.parquet")
+def math_ground_truths(eval_data_dir) -> list[tuple[str, str]]:
+    pairs = _unique_ground_truths(eval_data_dir / "math_test_id.parquet")
     return random.Random(0).sample(pairs, 300)
 
 
@@ -290,16 +316,18 @@ def test_real_ground_truths_do_not_match_other_answers(math_ground_truths):
         a, b = normalize_answer(truth), normalize_answer(other)
         if a != b and not numbers_equal(a, b):
             pairs.append((truth, other))
-    false_matches = [(t, o) for t, o in pairs if grade(f"\\boxed{{{o}}}", t, "math_verify").outcome == CORRECT]
     assert len(pairs) > 200
-    assert len(false_matches) <= 0.01 * len(pairs), false_matches
+    for grader in ("math_verify", "boxed"):
+        false_matches = [(t, o) for t, o in pairs if grade(f"\\boxed{{{o}}}", t, grader).outcome == CORRECT]
+        assert len(false_matches) <= 0.01 * len(pairs), (grader, false_matches)
 
 
-def test_real_choice_labels(shared_eval_dir):
-    pairs = _unique_ground_truths(shared_eval_dir / "arc_c.parquet")
+def test_real_choice_labels(eval_data_dir):
+    pairs = _unique_ground_truths(eval_data_dir / "arc_c.parquet")
     labels = {truth for _, truth in pairs}
     assert labels == {"A", "B", "C", "D", "1", "2", "3", "4"}
     for label in labels:
         assert grade(f"The answer is \\boxed{{{label}}}", label, "choice").outcome == CORRECT
         other = "2" if label == "1" else ("1" if label.isdigit() else ("B" if label == "A" else "A"))
-        assert grade(f"The answer is ({other})", label, "choice").outcome == INCORRECT
+        assert grade(f"The answer is \\boxed{{{other}}}", label, "choice").outcome == INCORRECT
+        assert grade(f"The answer is ({other})", label, "choice_lenient").outcome == INCORRECT

@@ -40,9 +40,10 @@ def test_samples_record_prompt_response_truth_and_every_graders_score(evaluated)
     for sample in read_samples(out):
         assert sample["prompt"][-1]["role"] == "user" and isinstance(sample["response"], str)
         assert sample["ground_truth"] and 1 <= sample["num_tokens"] <= 16
-        expected = {"math_verify", "boxed", "choice"} if sample["data_source"] == "arc_c" else {"math_verify", "boxed"}
-        assert set(sample["grades"]) == expected
-        assert sample["grader"] == ("choice" if sample["data_source"] == "arc_c" else "math_verify")
+        choice = {"choice", "choice_lenient"} if sample["data_source"] == "arc_c" else set()
+        assert set(sample["grades"]) == {"math_verify", "boxed"} | choice
+        # The paper's protocol: the boxed grader for maths, the strict choice grader for ARC-c.
+        assert sample["grader"] == ("choice" if sample["data_source"] == "arc_c" else "boxed")
         assert sample["score"] == sample["grades"][sample["grader"]]["score"] in (0.0, 1.0)
 
 
@@ -54,7 +55,9 @@ def test_summary(evaluated):
     assert benchmarks["ARC-c"]["questions"] == 2 and benchmarks["AIME24"]["samples"] == 2
     assert summary["averages"]["in_distribution"]["missing"] == []
     assert summary["averages"]["out_of_distribution"]["missing"] == ["GPQA-diamond", "MMLU-Pro"]
-    assert summary["settings"]["avg_k"] == "2" and summary["settings"]["grader"] == "math_verify"
+    settings = summary["settings"]
+    assert settings["avg_k"] == "2" and (settings["grader"], settings["choice_grader"]) == ("boxed", "choice")
+    assert settings["system_prompt"] == "auto" and settings["drop_system_prompt"] is False  # not a released model
     generation = summary["generation"]
     assert generation["backend"] == "hf" and generation["samples"] == 16
     assert generation["samples_per_second_with_model_load"] > 0
@@ -71,12 +74,30 @@ def test_regrade_rescores_the_jsonl_without_generating(evaluated, load_script, t
     (rerun / "samples.jsonl").write_text("".join(json.dumps(sample) + "\n" for sample in samples))
     (rerun / "summary.json").write_text((out / "summary.json").read_text())
 
-    summary = load_script("evaluate").main(["--out", str(rerun), "--regrade", "--grader", "boxed"])
+    argv = ["--out", str(rerun), "--regrade", "--grader", "math_verify", "--choice-grader", "choice_lenient"]
+    summary = load_script("evaluate").main(argv)
     aime = summary["benchmarks"]["AIME24"]
     assert aime["accuracy"] == 0.5  # one of its two samples
-    assert aime["grader"] == "boxed" and aime["accuracy_by_grader"] == {"math_verify": 0.5, "boxed": 0.5}
+    assert aime["grader"] == "math_verify" and aime["accuracy_by_grader"] == {"math_verify": 0.5, "boxed": 0.5}
     assert summary["generation"]["samples"] == 16  # kept from the generating run
-    assert summary["benchmarks"]["ARC-c"]["grader"] == "choice"
+    assert summary["benchmarks"]["ARC-c"]["grader"] == "choice_lenient"
+
+
+@pytest.mark.parametrize(
+    "choice, model, drops",
+    [
+        ("auto", "rzzhan/ExGRPO-Qwen2.5-Math-7B-Zero", True),  # the authors' released models
+        ("auto", "/models/exgrpo-llama3.1-8b-zero/", True),
+        ("auto", "outputs/models/qwen2.5-math-7b-exgrpo", False),  # our own runs keep the training prompt
+        ("keep", "rzzhan/ExGRPO-Qwen2.5-Math-7B-Zero", False),
+        ("drop", "Qwen/Qwen2.5-Math-7B", True),
+    ],
+)
+def test_system_prompt_is_dropped_for_released_models(load_script, choice, model, drops):
+    evaluate = load_script("evaluate")
+    assert evaluate.drops_system_prompt(choice, model) is drops
+    prompt = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+    assert [m["role"] for m in evaluate.chat_messages(prompt, drops)] == (["user"] if drops else ["system", "user"])
 
 
 def test_table_and_plot(evaluated, load_script, tmp_path):
