@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -404,3 +404,59 @@ def plot_buckets(summary: RunSummary, rollouts: int, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# ---- reporting -------------------------------------------------------------------------------
+def progress_printer(run: RunSpec, total: int):
+    """on_step callback printing one line per training step."""
+    def show(row: dict) -> None:
+        if "timing_s/step" not in row:
+            return
+        score = row.get("exgrpo/fresh_score_mean", row.get("critic/score/mean", float("nan")))
+        replay = "replay on " if row.get("exgrpo/replay_active") else ""
+        print(f"  [{run.name}] step {row['step']:>3}/{total}  solve rate {score:.3f}  {replay}{row['timing_s/step']:.1f}s", flush=True)
+
+    return show
+
+
+def write_tables(settings: StudySettings, out: Path, data: dict, models: dict, title: str = "Miniature study") -> str | None:
+    """Tables (`out/tables.md`) and plots from every finished run under `out`; returns the markdown
+    (None while no GRPO run has finished)."""
+    starts = {
+        strength: evaluate_model(model, data["test"], settings.eval_samples, settings.max_response_length, out / "eval" / f"start-{strength}.json")
+        for strength, model in models.items()
+    }
+    finished: dict[str, dict[str, list]] = {}
+    for run_dir in sorted((out / "runs").glob("*")):
+        method, strength, seed = run_dir.name.rsplit("-", 2)
+        run = RunSpec(method, int(seed[1:]), strength)
+        if strength not in starts:
+            continue
+        summary = summarise_run(settings, run, out, starts[strength], data)
+        if summary is not None:
+            finished.setdefault(strength, {}).setdefault(method, []).append(summary)
+    if "grpo" not in finished.get("medium", {}):
+        return None
+
+    medium = finished["medium"]
+    main = {m: medium[m] for m in ("grpo", "exgrpo") if m in medium}
+    parts = [f"# {title}: tables\n\nSettings: `{settings}`\n"]
+    parts += ["## GRPO vs ExGRPO (medium start)\n", comparison_table(main), ""]
+    if "exgrpo" in medium:
+        parts += ["### Paired by seed (same data order)\n", paired_differences(medium, "exgrpo"), ""]
+        plot_buckets(medium["exgrpo"][0], settings.rollouts, out / "buckets.png")
+    plot_accuracy_and_entropy(main, out / "accuracy_vs_rollouts.png", "medium start")
+    ablations = {m: [s for s in runs if s.run.seed == 0] for m, runs in medium.items()}
+    if len(ablations) > 2:
+        parts += ["## Ablations (seed 0, medium start)\n", comparison_table(ablations), ""]
+        plot_accuracy_and_entropy(ablations, out / "ablations.png", "ablations, seed 0")
+    parts += ["## What replay did\n", replay_diagnostics(medium), ""]
+    for strength in ("weak", "strong"):
+        if "grpo" in finished.get(strength, {}):
+            parts += [f"## {strength.capitalize()} start (seed 0)\n", comparison_table(finished[strength]), ""]
+            plot_accuracy_and_entropy(finished[strength], out / f"accuracy_{strength}.png", f"{strength} start")
+    parts += ["## Starting points (held-out, temperature 1)\n", "| start | accuracy | by level |", "|---|---|---|"]
+    parts += [f"| {name} | {r['accuracy']:.3f} ± {r['standard_error']:.3f} | {r['by_level']} |" for name, r in starts.items()]
+    text = "\n".join(parts) + "\n"
+    (out / "tables.md").write_text(text)
+    return text

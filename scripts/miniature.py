@@ -37,59 +37,6 @@ def plan_runs(plan: str, seeds: list[int]) -> list[RunSpec]:
     raise SystemExit(f"--plan {plan!r}: expected main, ablations or strengths")
 
 
-def progress(run: RunSpec, total: int):
-    def show(row: dict) -> None:
-        if "timing_s/step" not in row:
-            return
-        score = row.get("exgrpo/fresh_score_mean", row.get("critic/score/mean", float("nan")))
-        replay = "replay on " if row.get("exgrpo/replay_active") else ""
-        print(f"  [{run.name}] step {row['step']:>3}/{total}  solve rate {score:.3f}  {replay}{row['timing_s/step']:.1f}s", flush=True)
-
-    return show
-
-
-def report(settings: StudySettings, out: Path, data: dict, models: dict) -> str | None:
-    """Tables and plots from every finished run under `out`; returns the markdown (None if nothing finished)."""
-    starts = {
-        strength: miniature.evaluate_model(model, data["test"], settings.eval_samples, settings.max_response_length, out / "eval" / f"start-{strength}.json")
-        for strength, model in models.items()
-    }
-    finished: dict[str, dict[str, list]] = {}
-    for run_dir in sorted((out / "runs").glob("*")):
-        method, strength, seed = run_dir.name.rsplit("-", 2)
-        run = RunSpec(method, int(seed[1:]), strength)
-        if strength not in starts:
-            continue
-        summary = miniature.summarise_run(settings, run, out, starts[strength], data)
-        if summary is not None:
-            finished.setdefault(strength, {}).setdefault(method, []).append(summary)
-    if "grpo" not in finished.get("medium", {}):
-        return None
-
-    medium = finished["medium"]
-    main = {m: medium[m] for m in ("grpo", "exgrpo") if m in medium}
-    parts = [f"# Miniature study: tables (written by scripts/miniature.py)\n\nSettings: `{settings}`\n"]
-    parts += ["## GRPO vs ExGRPO (medium start)\n", miniature.comparison_table(main), ""]
-    if "exgrpo" in medium:
-        parts += ["### Paired by seed (same data order)\n", miniature.paired_differences(medium, "exgrpo"), ""]
-        miniature.plot_buckets(medium["exgrpo"][0], settings.rollouts, out / "buckets.png")
-    miniature.plot_accuracy_and_entropy(main, out / "accuracy_vs_rollouts.png", "medium start")
-    ablations = {m: [s for s in runs if s.run.seed == 0] for m, runs in medium.items()}
-    if len(ablations) > 2:
-        parts += ["## Ablations (seed 0, medium start)\n", miniature.comparison_table(ablations), ""]
-        miniature.plot_accuracy_and_entropy(ablations, out / "ablations.png", "ablations, seed 0")
-    parts += ["## What replay did\n", miniature.replay_diagnostics(medium), ""]
-    for strength in ("weak", "strong"):
-        if "grpo" in finished.get(strength, {}):
-            parts += [f"## {strength.capitalize()} start (seed 0)\n", miniature.comparison_table(finished[strength]), ""]
-            miniature.plot_accuracy_and_entropy(finished[strength], out / f"accuracy_{strength}.png", f"{strength} start")
-    parts += ["## Starting points (held-out, temperature 1)\n", "| start | accuracy | by level |", "|---|---|---|"]
-    parts += [f"| {name} | {r['accuracy']:.3f} ± {r['standard_error']:.3f} | {r['by_level']} |" for name, r in starts.items()]
-    text = "\n".join(parts) + "\n"
-    (out / "tables.md").write_text(text)
-    return text
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", nargs="+", default=["main"], help="main, ablations, strengths (in this order)")
@@ -120,15 +67,15 @@ def main(argv=None) -> None:
 
         def execute(run: RunSpec) -> None:
             print(f">> {run.name}: {settings.steps} steps of {settings.batch} questions x {settings.rollouts} rollouts", flush=True)
-            run_dir = miniature.train(settings, run, models[run.strength], data, out, on_step=progress(run, settings.steps))
+            run_dir = miniature.train(settings, run, models[run.strength], data, out, on_step=miniature.progress_printer(run, settings.steps))
             result = miniature.evaluate_run(settings, run_dir, data)
             print(f">> {run.name}: held-out accuracy by step {({s: round(r['accuracy'], 3) for s, r in result.items()})}", flush=True)
-            report(settings, out, data, models)
+            miniature.write_tables(settings, out, data, models)
 
         with ThreadPoolExecutor(args.parallel) as pool:
             for future in [pool.submit(execute, run) for run in runs]:
                 future.result()
-    text = report(settings, out, data, models)
+    text = miniature.write_tables(settings, out, data, models)
     print(text or "no finished GRPO run yet")
     print(f">> {time.perf_counter() - started:.0f} s; tables: {out / 'tables.md'}")
 
