@@ -20,6 +20,9 @@ question whose replayed trajectory is not passed):
 - 0 < k < n: accuracy k/n, bucket `bucket_of(k, n, K)` (the nearest count out of K); with
   store=True every rollout that is correct, ended with EOS and has finite log-probs is stored
   unless the question already holds the same token ids (then the per-question cap applies).
+  A step's cost is about one pass over the stored rollouts' arrays: they are copied into the
+  arena, their log-probs checked there (in the cache), and duplicates found by comparing with
+  the question's trajectories of the same length (no hashing).
 A question is in the pool (sampleable) iff it has a bucket and holds at least one trajectory
 (a retired question has neither). After the groups, max_age_steps and then max_total_tokens evict the oldest
 trajectories (see `_enforce_token_cap`), and the token arena reclaims its holes (arena.py).
@@ -28,7 +31,6 @@ trajectories (see `_enforce_token_cap`), and the token arena reclaims its holes 
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ import numpy as np
 
 from .arena import TokenArena
 from .config import ExperienceConfig
+from . import checkpoint_layout as layout
 from .persistence import RESUME_ADVICE, ArrayChunks, CheckpointError, read_checkpoint, write_checkpoint
 from .pool import QuestionPool
 from .results import CheckedGroup, GroupResult, check_group
@@ -47,7 +50,6 @@ from .selection import select_index
 
 EVICTION_REASONS = ("question_cap", "token_cap", "max_age", "retired")
 BYTES_PER_TOKEN = 8  # int32 token id + float32 log-prob
-DIGEST_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -86,26 +88,26 @@ class _Stored:
     length: int
     reward: float
     entropy_mean: float | None
-    digest: bytes
     replay_count: int = 0
     last_replayed_step: int | None = None
 
 
 @dataclass(slots=True)
 class _Question:
+    question_id: int
     accuracy: float
     last_step: int
     bucket: int | None = None  # from the latest result, after the zero-accuracy policy
     traj_ids: list[int] = field(default_factory=list)  # collection order, oldest first
-    digests: dict[bytes, int] = field(default_factory=dict)  # token-id digest -> trajectory id
     # Kept only while the question holds trajectories: they exist to rebuild a replay row.
     prompt_ids: np.ndarray | None = None
     payload: dict | None = None
 
 
-def token_digest(token_ids: np.ndarray) -> bytes:
-    """First 128 bits of the SHA-256 of a response's int32 token ids: the de-duplication key."""
-    return hashlib.sha256(token_ids).digest()[:DIGEST_BYTES]
+def all_finite(values: np.ndarray) -> bool:
+    """True iff every float32 value is finite, in one pass: their float64 sum is finite
+    (finite float32 values cannot overflow it; any inf or NaN makes it inf or NaN)."""
+    return math.isfinite(np.add.reduce(values, dtype=np.float64))
 
 
 class ExperienceBuffer:
@@ -147,7 +149,7 @@ class ExperienceBuffer:
         if qid in self._retired:  # retirement is permanent; late results are ignored
             return
         k, n = group.num_correct, group.num_rollouts
-        question = self._questions.setdefault(qid, _Question(accuracy=k / n, last_step=self.step))
+        question = self._questions.setdefault(qid, _Question(question_id=qid, accuracy=k / n, last_step=self.step))
         question.accuracy, question.last_step = k / n, self.step
         if k == n:
             self._retire(qid, question)
@@ -168,21 +170,28 @@ class ExperienceBuffer:
 
     def _store(self, qid: int, question: _Question, group: CheckedGroup) -> None:
         for rollout in group.storable:
-            digest = token_digest(rollout.token_ids)
-            if digest in question.digests:
+            if self._holds(question, rollout.token_ids):
                 self._counters["duplicates_skipped"] += 1
                 continue
             record = _Stored(id=self._next_id, question_id=qid, step=self.step, length=rollout.token_ids.shape[0],
-                             reward=1.0, entropy_mean=rollout.entropy_mean, digest=digest)
+                             reward=1.0, entropy_mean=rollout.entropy_mean)
             self._arena.append(record.id, rollout.token_ids, rollout.log_probs)
+            if not all_finite(self._arena.view(record.id)[1]):
+                self._arena.release(record.id)
+                continue
             self._next_id += 1
             self._trajectories[record.id] = record
             question.traj_ids.append(record.id)
-            question.digests[digest] = record.id
             self._step_sum += record.step
             self._counters["collected_total"] += 1
             if len(question.traj_ids) > self.config.max_trajectories_per_question:
                 self._evict(self._trajectories[question.traj_ids[0]], "question_cap")
+
+    def _holds(self, question: _Question, token_ids: np.ndarray) -> bool:
+        """Whether the question already stores exactly these token ids."""
+        length = token_ids.shape[0]
+        return any(self._trajectories[traj_id].length == length
+                   and np.array_equal(self._arena.view(traj_id)[0], token_ids) for traj_id in question.traj_ids)
 
     def _retire(self, qid: int, question: _Question) -> None:
         """Out of the pool for good: no bucket, no trajectories, and `_apply` ignores it from now on."""
@@ -224,7 +233,6 @@ class ExperienceBuffer:
         del self._trajectories[record.id]
         question = self._questions[record.question_id]
         question.traj_ids.remove(record.id)
-        del question.digests[record.digest]
         if not question.traj_ids:
             question.prompt_ids = question.payload = None
         self._arena.release(record.id)
@@ -358,6 +366,8 @@ class ExperienceBuffer:
         arrays, state = read_checkpoint(directory)
         try:
             buf = cls._from_state(arrays, state)
+        except CheckpointError:
+            raise
         except Exception as error:  # the files passed their checksums: a writer bug or a hand edit
             raise CheckpointError(f"experience checkpoint {directory}: contents are inconsistent ({error!r}). "
                                   f"{RESUME_ADVICE}") from None
@@ -370,34 +380,18 @@ class ExperienceBuffer:
             buf.config = config  # new caps apply from the next update; the RNG keeps its saved state
         return buf
 
-    def _export_state(self) -> tuple[dict[str, np.ndarray], dict]:
-        """The whole buffer as named flat arrays and a JSON-able dict."""
-        records = list(self._trajectories.values())
-        questions = list(self._questions.items())
-        prompts = [q.prompt_ids for _, q in questions if q.prompt_ids is not None]
-        prompt_lengths = [-1 if q.prompt_ids is None else q.prompt_ids.size for _, q in questions]
-        buckets, live = range(1, self.config.group_size), self._arena.live
+    def _export_state(self) -> tuple[dict[str, np.ndarray | ArrayChunks], dict]:
+        """The whole buffer as named arrays (layout: checkpoint_layout.py) and a JSON-able dict."""
+        records, questions = list(self._trajectories.values()), list(self._questions.values())
+        runs = list(self._arena.runs(self._trajectories))
         arrays = {
-            "tokens": ArrayChunks(np.int32, live, (ids for ids, _ in self._arena.pieces(self._trajectories))),
-            "log_probs": ArrayChunks(np.float32, live, (logp for _, logp in self._arena.pieces(self._trajectories))),
-            "traj_id": np.array([r.id for r in records], dtype=np.int64),
-            "traj_question_id": np.array([r.question_id for r in records], dtype=np.int64),
-            "traj_step": np.array([r.step for r in records], dtype=np.int64),
-            "traj_length": np.array([r.length for r in records], dtype=np.int64),
-            "traj_reward": np.array([r.reward for r in records], dtype=np.float64),
-            "traj_entropy_mean": np.array([_or(r.entropy_mean, np.nan) for r in records], dtype=np.float64),
-            "traj_replay_count": np.array([r.replay_count for r in records], dtype=np.int64),
-            "traj_last_replayed_step": np.array([_or(r.last_replayed_step, -1) for r in records], dtype=np.int64),
-            "traj_digest": np.frombuffer(b"".join(r.digest for r in records), dtype=np.uint8).reshape(-1, DIGEST_BYTES),
-            "question_id": np.array([qid for qid, _ in questions], dtype=np.int64),
-            "question_accuracy": np.array([q.accuracy for _, q in questions], dtype=np.float64),
-            "question_last_step": np.array([q.last_step for _, q in questions], dtype=np.int64),
-            "question_bucket": np.array([_or(q.bucket, -1) for _, q in questions], dtype=np.int64),
-            "question_prompt_length": np.array(prompt_lengths, dtype=np.int64),
-            "prompt_tokens": np.concatenate(prompts) if prompts else np.zeros(0, dtype=np.int32),
-            "pool_members": np.array([qid for b in buckets for qid in self._pool.members(b)], dtype=np.int64),
-            "pool_sizes": self._pool.sizes(),
-            "retired": np.array(sorted(self._retired), dtype=np.int64),
+            layout.TOKENS: ArrayChunks(np.int32, self._arena.live, (ids for ids, _ in runs)),
+            layout.LOG_PROBS: ArrayChunks(np.float32, self._arena.live, (logp for _, logp in runs)),
+            **layout.to_columns(layout.TRAJECTORY_COLUMNS, records),
+            **layout.to_columns(layout.QUESTION_COLUMNS, questions),
+            **layout.to_ragged(layout.PROMPTS, (q.prompt_ids for q in questions)),
+            **layout.to_ragged(layout.POOL, (self._pool.members(b) for b in range(1, self.config.group_size))),
+            layout.RETIRED: np.array(sorted(self._retired), dtype=np.int64),
         }
         state = {
             "config": self.config.to_dict(),
@@ -406,101 +400,66 @@ class ExperienceBuffer:
             "rng": self._rng.bit_generator.state,
             "evictions": self._evictions,
             "counters": self._counters,
-            "payloads": {str(qid): q.payload for qid, q in questions if q.payload is not None},
+            "payloads": {str(q.question_id): q.payload for q in questions if q.payload is not None},
         }
         return arrays, state
 
     @classmethod
-    def _from_state(cls, arrays: dict[str, np.ndarray], state: dict) -> "ExperienceBuffer":
-        """The inverse of `_export_state`; raises on anything inconsistent."""
+    def _from_state(cls, arrays: dict, state: dict) -> "ExperienceBuffer":
+        """The inverse of `_export_state`; raises on anything inconsistent. The token arrays are
+        `ArrayFile`s, read straight into the arena (CheckpointError if their checksum fails)."""
         buf = cls(ExperienceConfig.from_dict(state["config"]))
         buf._rng.bit_generator.state = state["rng"]
         buf.step, buf._next_id = int(state["step"]), int(state["next_id"])
         buf._evictions = {reason: int(state["evictions"][reason]) for reason in EVICTION_REASONS}
         buf._counters = {name: int(state["counters"][name]) for name in buf._counters}
-        buf._retired = set(_column(arrays, "retired", np.int64).tolist())
+        buf._retired = set(layout.array(arrays, layout.RETIRED, np.int64).tolist())
         buf._restore_questions(arrays, {int(qid): payload for qid, payload in state["payloads"].items()})
         buf._restore_trajectories(arrays)
         buf._restore_pool(arrays)
         return buf
 
-    def _restore_questions(self, arrays: dict[str, np.ndarray], payloads: dict[int, dict]) -> None:
-        q = _columns(arrays, "question_", id=np.int64, accuracy=np.float64, last_step=np.int64, bucket=np.int64,
-                     prompt_length=np.int64)
-        prompt_tokens = _column(arrays, "prompt_tokens", np.int32)
-        has_prompt = q["prompt_length"] >= 0
-        _check(q["prompt_length"][has_prompt].sum() == prompt_tokens.size, "prompt lengths != prompt_tokens size")
-        prompts = iter(np.split(prompt_tokens, np.cumsum(q["prompt_length"][has_prompt])[:-1]))
-        columns = zip(q["id"].tolist(), q["accuracy"].tolist(), q["last_step"].tolist(), q["bucket"].tolist(),
-                      has_prompt.tolist())
-        for qid, accuracy, last_step, bucket, prompt in columns:
-            self._questions[qid] = _Question(
-                accuracy=accuracy, last_step=last_step, bucket=_none_if(bucket < 0, bucket),
-                prompt_ids=next(prompts).copy() if prompt else None, payload=payloads.get(qid))
+    def _restore_questions(self, arrays: dict, payloads: dict[int, dict]) -> None:
+        q = layout.from_columns(arrays, layout.QUESTION_COLUMNS)
+        prompts = layout.from_ragged(arrays, layout.PROMPTS)
+        layout.check(len(prompts) == len(q["question_id"]), f"{layout.PROMPTS.lengths}: one per question")
+        for qid, accuracy, last_step, bucket, prompt in zip(q["question_id"], q["accuracy"], q["last_step"],
+                                                            q["bucket"], prompts):
+            self._questions[qid] = _Question(question_id=qid, accuracy=accuracy, last_step=last_step, bucket=bucket,
+                                             prompt_ids=None if prompt is None else prompt.copy(),
+                                             payload=payloads.get(qid))
 
-    def _restore_trajectories(self, arrays: dict[str, np.ndarray]) -> None:
-        """Records in collection order, their spans copied from the (memory-mapped) token arrays."""
-        t = _columns(arrays, "traj_", id=np.int64, question_id=np.int64, step=np.int64, length=np.int64,
-                     reward=np.float64, entropy_mean=np.float64, replay_count=np.int64, last_replayed_step=np.int64)
-        digests = _column(arrays, "traj_digest", np.uint8, ndim=2)
-        tokens, log_probs = _column(arrays, "tokens", np.int32), _column(arrays, "log_probs", np.float32)
-        _check(len(digests) == len(t["id"]), "traj_digest length")
-        _check(tokens.size == log_probs.size == t["length"].sum(), "tokens / log_probs sizes != sum of traj_length")
-        _check(bool(np.all(np.diff(t["id"]) > 0)) and not (t["id"] >= self._next_id).any(),
-               "traj_id must increase and stay below next_id")
-        offsets = np.cumsum(t["length"]) - t["length"]
-        columns = zip(t["id"].tolist(), t["question_id"].tolist(), t["step"].tolist(), t["length"].tolist(),
-                      offsets.tolist(), t["reward"].tolist(), t["entropy_mean"].tolist(), t["replay_count"].tolist(),
-                      t["last_replayed_step"].tolist(), digests)
-        for traj_id, qid, step, length, offset, reward, entropy, replays, last_replayed, digest in columns:
-            record = _Stored(id=traj_id, question_id=qid, step=step, length=length, reward=reward,
-                             entropy_mean=_none_if(math.isnan(entropy), entropy), digest=digest.tobytes(),
-                             replay_count=replays, last_replayed_step=_none_if(last_replayed < 0, last_replayed))
-            question = self._questions[qid]
-            self._arena.append(traj_id, tokens[offset:offset + length], log_probs[offset:offset + length])
-            self._trajectories[traj_id] = record
-            question.traj_ids.append(traj_id)
-            question.digests[record.digest] = traj_id
+    def _restore_trajectories(self, arrays: dict) -> None:
+        """Records in collection order; their spans read from the checkpoint into the arena."""
+        t = layout.from_columns(arrays, layout.TRAJECTORY_COLUMNS)
+        tokens = layout.array(arrays, layout.TOKENS, np.int32)
+        log_probs = layout.array(arrays, layout.LOG_PROBS, np.float32)
+        ids, lengths = t["id"], np.array(t["length"], dtype=np.int64)
+        layout.check(tokens.size == log_probs.size == lengths.sum() and bool(np.all(lengths > 0)),
+                     "tokens / log_probs sizes != sum of traj_length (or a length <= 0)")
+        layout.check(all(a < b for a, b in zip(ids, ids[1:])) and not any(i >= self._next_id for i in ids),
+                     "traj_id must increase and stay below next_id")
+        for traj_id, qid, step, length, reward, entropy, replays, last_replayed in zip(
+                ids, t["question_id"], t["step"], t["length"], t["reward"], t["entropy_mean"], t["replay_count"],
+                t["last_replayed_step"]):
+            self._trajectories[traj_id] = _Stored(id=traj_id, question_id=qid, step=step, length=length, reward=reward,
+                                                  entropy_mean=entropy, replay_count=replays,
+                                                  last_replayed_step=last_replayed)
+            self._questions[qid].traj_ids.append(traj_id)
             self._step_sum += step
             self._replayed_stored += replays > 0
+        destinations = self._arena.reserve(ids, lengths)
+        tokens.read_into(token_ids for token_ids, _ in destinations)
+        log_probs.read_into(logp for _, logp in destinations)
 
-    def _restore_pool(self, arrays: dict[str, np.ndarray]) -> None:
+    def _restore_pool(self, arrays: dict) -> None:
         """The saved member order of every bucket (seeded draws depend on it), checked against the questions."""
-        members, sizes = _column(arrays, "pool_members", np.int64), _column(arrays, "pool_sizes", np.int64)
-        _check(len(sizes) == self.config.group_size - 1 and sizes.sum() == len(members), "pool_sizes")
-        for bucket, bucket_members in zip(range(1, self.config.group_size), np.split(members, np.cumsum(sizes)[:-1])):
-            for qid in bucket_members.tolist():
+        buckets = layout.from_ragged(arrays, layout.POOL)
+        layout.check(len(buckets) == self.config.group_size - 1, f"{layout.POOL.lengths}: one per bucket 1..K-1")
+        for bucket, members in enumerate(buckets, start=1):
+            for qid in members.tolist():
                 self._pool.place(qid, bucket)
         sampleable = {qid: q.bucket for qid, q in self._questions.items() if q.bucket is not None and q.traj_ids}
-        _check(len(self._pool) == len(sampleable) and all(self._pool.bucket(qid) == bucket
-                                                         for qid, bucket in sampleable.items()),
-               "pool does not match the questions")
-
-
-def _or(value, missing):
-    """`value`, or the file format's stand-in for None."""
-    return missing if value is None else value
-
-
-def _none_if(is_missing: bool, value):
-    """The inverse of `_or`: None where the file holds the stand-in."""
-    return None if is_missing else value
-
-
-def _check(condition, what: str) -> None:
-    if not condition:
-        raise ValueError(what)
-
-
-def _column(arrays: dict[str, np.ndarray], name: str, dtype, ndim: int = 1) -> np.ndarray:
-    array = arrays[name]
-    _check(array.dtype == dtype and array.ndim == ndim,
-           f"array {name!r}: {array.dtype} {array.shape}, expected {ndim}-D {np.dtype(dtype)}")
-    return array
-
-
-def _columns(arrays: dict[str, np.ndarray], prefix: str, **dtypes) -> dict[str, np.ndarray]:
-    """Same-length 1-D columns `prefix + key`, keyed by `key`."""
-    columns = {key: _column(arrays, prefix + key, dtype) for key, dtype in dtypes.items()}
-    _check(len({len(c) for c in columns.values()}) <= 1, f"columns {prefix}* differ in length")
-    return columns
+        layout.check(len(self._pool) == len(sampleable) and all(self._pool.bucket(qid) == bucket
+                                                                for qid, bucket in sampleable.items()),
+                     "pool does not match the questions")

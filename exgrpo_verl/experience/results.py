@@ -7,6 +7,7 @@ changing anything, so that the buffer can validate a whole step before it applie
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -43,9 +44,11 @@ class GroupResult:
 
 
 class StorableRollout(NamedTuple):
-    """A correct, complete, finite rollout, in the dtypes the buffer stores."""
+    """A correct, complete rollout, in the dtypes the buffer stores. Whether its log-probs are
+    finite is checked by the buffer on its stored copy, which is still in the cache (a pass
+    less over the input)."""
 
-    token_ids: np.ndarray  # int32, C-contiguous
+    token_ids: np.ndarray  # int32
     log_probs: np.ndarray  # float32
     entropy_mean: float | None  # token-mean entropy, if entropies were given
 
@@ -63,8 +66,8 @@ class CheckedGroup:
 def check_group(group: GroupResult, group_size: int, require_entropies: bool) -> CheckedGroup:
     """Validate one group (raise ValueError naming the field) and pick its storable rollouts.
 
-    Every array's type, shape and dtype is checked; values are examined (int32 range,
-    finiteness) only for the rollouts that could be stored: correct, ended with EOS, non-empty.
+    Every array's type, shape and dtype is checked; values are examined (int32 range, finite
+    entropy mean) only for the rollouts that could be stored: correct, ended with EOS, non-empty.
     """
     name = f"GroupResult(question_id={group.question_id!r})"
     qid = group.question_id
@@ -90,24 +93,20 @@ def check_group(group: GroupResult, group_size: int, require_entropies: bool) ->
 
     correct = rewards == 1
     storable = []
-    for i in np.flatnonzero(correct & eos & (np.array(lengths) > 0)):
-        token_ids = _int32(response_ids[i], f"{name}.response_ids[{i}]")
-        log_probs32 = log_probs[i].astype(np.float32, copy=False)
-        entropy_mean = None if entropies is None else float(entropies[i].sum(dtype=np.float64)) / lengths[i]
-        if all_finite(log_probs32) and (entropy_mean is None or np.isfinite(entropy_mean)):
-            storable.append(StorableRollout(token_ids, log_probs32, entropy_mean))
+    for i in np.flatnonzero(correct & eos & (np.array(lengths) > 0)).tolist():
+        entropy_mean = None
+        if entropies is not None:
+            entropy_mean = float(np.add.reduce(entropies[i])) / lengths[i]  # pairwise sum, in the input's dtype
+            if not math.isfinite(entropy_mean):  # a NaN or inf entropy (or a float32 sum past 3e38)
+                continue
+        token_ids = _int32(response_ids[i], name, f".response_ids[{i}]")
+        storable.append(StorableRollout(token_ids, log_probs[i].astype(np.float32, copy=False), entropy_mean))
 
     prompt_ids = None
     if group.prompt_ids is not None:
-        prompt_ids = _int32(_vector(group.prompt_ids, f"{name}.prompt_ids", kinds="iu"), f"{name}.prompt_ids").copy()
+        prompt_ids = _int32(_vector(group.prompt_ids, f"{name}.prompt_ids", kinds="iu"), name, ".prompt_ids").copy()
     payload = None if group.payload is None else _copy_payload(group.payload, f"{name}.payload")
     return CheckedGroup(int(qid), int(correct.sum()), n, storable, prompt_ids, payload)
-
-
-def all_finite(values: np.ndarray) -> bool:
-    """True iff every float32 value is finite, in one pass: their float64 sum is finite
-    (finite float32 values cannot overflow it; any inf or NaN makes it inf or NaN)."""
-    return bool(np.isfinite(values.sum(dtype=np.float64)))
 
 
 def _vector(values, name, kinds):
@@ -133,10 +132,10 @@ def _array_list(values, name, n, kinds, lengths=None):
     return values
 
 
-def _int32(ids: np.ndarray, name: str) -> np.ndarray:
+def _int32(ids: np.ndarray, group_name: str, field: str) -> np.ndarray:
     if ids.dtype != np.int32 and ids.size and (ids.min() < INT32_MIN or ids.max() > INT32_MAX):
-        raise ValueError(f"{name}: token ids outside the int32 range")
-    return np.ascontiguousarray(ids, dtype=np.int32)  # contiguous: the buffer hashes its bytes
+        raise ValueError(f"{group_name}{field}: token ids outside the int32 range")
+    return ids.astype(np.int32, copy=False)
 
 
 def _copy_payload(payload, name):
