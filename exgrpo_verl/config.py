@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exgrpo_verl.experience import ExperienceConfig
+from exgrpo_verl.validation import check_bool, check_real
 from exgrpo_verl.reward_guard import RewardGuardConfig
 
 
@@ -31,15 +32,9 @@ class ExGRPOLossConfig:
     clip_on_policy_after_start: bool = False
 
     def __post_init__(self):
-        beta = self.shaping_beta
-        if isinstance(beta, bool) or not isinstance(beta, int | float) or not (math.isfinite(beta) and beta > 0):
-            raise ValueError(f"exgrpo.loss.shaping_beta={beta!r}: must be a finite number > 0")
-        if not isinstance(self.policy_shaping, bool):
-            raise ValueError(f"exgrpo.loss.policy_shaping={self.policy_shaping!r}: must be true or false")
-        if not isinstance(self.clip_on_policy_after_start, bool):
-            raise ValueError(
-                f"exgrpo.loss.clip_on_policy_after_start={self.clip_on_policy_after_start!r}: must be true or false"
-            )
+        check_real("exgrpo.loss.shaping_beta", self.shaping_beta, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+        check_bool("exgrpo.loss.policy_shaping", self.policy_shaping)
+        check_bool("exgrpo.loss.clip_on_policy_after_start", self.clip_on_policy_after_start)
 
 
 @dataclass(frozen=True)
@@ -65,13 +60,11 @@ class ExGRPOConfig:
     reward: RewardGuardConfig = field(default_factory=RewardGuardConfig)
 
     def __post_init__(self):
-        _require(0 <= self.replay_ratio < 1, "replay_ratio", self.replay_ratio, "a number in [0, 1)")
-        _require(0 <= self.start_solve_rate <= 1, "start_solve_rate", self.start_solve_rate, "a number in [0, 1]")
-        _require(isinstance(self.collect_during_warmup, bool), "collect_during_warmup", self.collect_during_warmup, "true or false")
-        _require(
-            math.isfinite(self.sampler_poll_interval_s) and self.sampler_poll_interval_s > 0,
-            "sampler_poll_interval_s", self.sampler_poll_interval_s, "a number of seconds > 0",
-        )
+        check_real("exgrpo.replay_ratio", self.replay_ratio, "a number in [0, 1)", lambda v: 0 <= v < 1)
+        check_real("exgrpo.start_solve_rate", self.start_solve_rate, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        check_bool("exgrpo.collect_during_warmup", self.collect_during_warmup)
+        check_real("exgrpo.sampler_poll_interval_s", self.sampler_poll_interval_s, "a number of seconds > 0",
+                   lambda v: math.isfinite(v) and v > 0)
         if "group_size" in self.experience:
             raise ValueError("exgrpo.experience.group_size: set actor_rollout_ref.rollout.n instead (it is K)")
 
@@ -82,8 +75,8 @@ class ExGRPOConfig:
     def experience_config(self, group_size: int) -> ExperienceConfig:
         try:
             return ExperienceConfig.from_dict({**self.experience, "group_size": group_size})
-        except ValueError as error:
-            raise ValueError(f"exgrpo.experience: {error}") from error
+        except ValueError as error:  # it names keys as "experience.<key>"
+            raise ValueError(f"exgrpo.{error}") from error
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "ExGRPOConfig":
@@ -105,11 +98,6 @@ class ExGRPOConfig:
 
 
 _ANY_GROUP_SIZE = 8
-
-
-def _require(condition: bool, key: str, value, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"exgrpo.{key}={value!r}: must be {allowed}")
 
 
 def incompatible_verl_settings(config) -> list[str]:

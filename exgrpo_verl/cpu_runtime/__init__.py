@@ -21,9 +21,13 @@ from __future__ import annotations
 import functools
 import os
 
-from exgrpo_verl import CPU_RUNTIME_SWITCH as SWITCH_ENV  # noqa: F401  (the switch, named where it is used)
+from exgrpo_verl import CPU_RUNTIME_SWITCH as SWITCH_ENV
+from exgrpo_verl.validation import choice_problem, raise_problems
 
 ROLLOUT_NAME = "hf"
+# The environment of every CPU run (the trainer and each Ray worker it starts): the switch, no hub,
+# no wandb, no tokenizer threads fighting the trainer's. recipes/cpu/settings.sh reads it from here.
+RUN_ENVIRONMENT = {SWITCH_ENV: "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
 
 _active = False
 
@@ -76,9 +80,7 @@ class CPUConfigError(ValueError):
 
 
 def _strategy_problem(key: str, strategy) -> str | None:
-    if strategy != "fsdp2":
-        return f"{key}={strategy}: FSDP1 cannot start without a GPU (sync_module_states); set {key}=fsdp2"
-    return None
+    return choice_problem(key, strategy, ("fsdp2",), "FSDP1 cannot start without a GPU (sync_module_states)")
 
 
 def _attention_problem(attn_implementation) -> str | None:
@@ -91,30 +93,23 @@ def _attention_problem(attn_implementation) -> str | None:
 
 
 def _remove_padding_problem(use_remove_padding) -> str | None:
-    if use_remove_padding:
-        return (
-            "actor_rollout_ref.model.use_remove_padding=True: padding removal needs flash-attention's varlen "
-            "kernels; set actor_rollout_ref.model.use_remove_padding=False"
-        )
-    return None
+    return choice_problem("actor_rollout_ref.model.use_remove_padding", bool(use_remove_padding), (False,),
+                          "padding removal needs flash-attention's varlen kernels")
 
 
-def _rollout_parallel_problems(rollout_config) -> list[str]:
-    problems = []
-    for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
-        value = rollout_config.get(key, 1) if hasattr(rollout_config, "get") else getattr(rollout_config, key, 1)
-        if (value or 1) != 1:
-            problems.append(
-                f"actor_rollout_ref.rollout.{key}={value}: the CPU rollout backend '{ROLLOUT_NAME}' runs one "
-                f"process per replica; set actor_rollout_ref.rollout.{key}=1"
-            )
-    return problems
+def _rollout_parallel_problems(rollout_config) -> list[str | None]:
+    def value(key):
+        return (rollout_config.get(key, 1) if hasattr(rollout_config, "get") else getattr(rollout_config, key, 1)) or 1
+
+    return [
+        choice_problem(f"actor_rollout_ref.rollout.{key}", value(key), (1,),
+                       f"the CPU rollout backend '{ROLLOUT_NAME}' runs one process per replica")
+        for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size")
+    ]
 
 
 def _raise_if(problems: list[str | None]) -> None:
-    problems = [p for p in problems if p]
-    if problems:
-        raise CPUConfigError("the CPU runtime cannot run this config:\n- " + "\n- ".join(problems))
+    raise_problems(problems, "the CPU runtime cannot run this config:", CPUConfigError)
 
 
 def check_trainer_config(config) -> None:
@@ -128,11 +123,7 @@ def check_trainer_config(config) -> None:
     ]
     if config.algorithm.get("use_kl_in_reward", False) or arr.actor.get("use_kl_loss", False):
         problems.append(_strategy_problem("actor_rollout_ref.ref.strategy", arr.ref.strategy))
-    if arr.rollout.name != ROLLOUT_NAME:
-        problems.append(
-            f"actor_rollout_ref.rollout.name={arr.rollout.name}: no such rollout runs on a CPU; "
-            f"set actor_rollout_ref.rollout.name={ROLLOUT_NAME}"
-        )
+    problems.append(choice_problem("actor_rollout_ref.rollout.name", arr.rollout.name, (ROLLOUT_NAME,), "no such rollout runs on a CPU"))
     _raise_if(problems)
 
 

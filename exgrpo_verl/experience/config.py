@@ -6,6 +6,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from exgrpo_verl.validation import check_choice, check_int, check_real
+
 QUESTION_SAMPLING = ("gaussian", "uniform")
 SELECTION_METRICS = ("entropy", "perplexity", "stored_entropy", "recent", "random")
 # Metrics whose scores the caller computes with a forward pass of the current policy.
@@ -49,21 +51,21 @@ class ExperienceConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check_int("group_size", self.group_size, minimum=2)
-        _check_real("bucket_mu", self.bucket_mu, "a finite number", lambda v: math.isfinite(v))
+        check_int(_key("group_size"), self.group_size, minimum=2)
+        check_real(_key("bucket_mu"), self.bucket_mu, "a finite number")
         if self.bucket_sigma is not None:
-            _check_real("bucket_sigma", self.bucket_sigma, "a finite number > 0 or None",
-                        lambda v: math.isfinite(v) and v > 0)
-        _check_choice("question_sampling", self.question_sampling, QUESTION_SAMPLING)
-        _check_choice("selection_metric", self.selection_metric, SELECTION_METRICS)
-        _check_int("max_candidates_per_question", self.max_candidates_per_question, minimum=1)
-        _check_int("max_trajectories_per_question", self.max_trajectories_per_question, minimum=1)
+            check_real(_key("bucket_sigma"), self.bucket_sigma, "a finite number > 0 or None",
+                       lambda v: math.isfinite(v) and v > 0)
+        check_choice(_key("question_sampling"), self.question_sampling, QUESTION_SAMPLING)
+        check_choice(_key("selection_metric"), self.selection_metric, SELECTION_METRICS)
+        check_int(_key("max_candidates_per_question"), self.max_candidates_per_question, minimum=1)
+        check_int(_key("max_trajectories_per_question"), self.max_trajectories_per_question, minimum=1)
         if self.max_total_tokens is not None:
-            _check_int("max_total_tokens", self.max_total_tokens, minimum=1)
+            check_int(_key("max_total_tokens"), self.max_total_tokens, minimum=1)
         if self.max_age_steps is not None:
-            _check_int("max_age_steps", self.max_age_steps, minimum=0)
-        _check_choice("zero_accuracy_policy", self.zero_accuracy_policy, ZERO_ACCURACY_POLICIES)
-        _check_int("seed", self.seed, minimum=0)
+            check_int(_key("max_age_steps"), self.max_age_steps, minimum=0)
+        check_choice(_key("zero_accuracy_policy"), self.zero_accuracy_policy, ZERO_ACCURACY_POLICIES)
+        check_int(_key("seed"), self.seed, minimum=0)
 
     @property
     def sigma(self) -> float:
@@ -82,20 +84,10 @@ class ExperienceConfig:
     def from_dict(cls, values: dict) -> "ExperienceConfig":
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"ExperienceConfig: unknown keys {unknown}")
+            raise ValueError(f"experience: unknown keys {unknown}; allowed: {sorted(f.name for f in dataclasses.fields(cls))}")
         return cls(**values)
 
 
-def _check_int(key, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"ExperienceConfig.{key} = {value!r}: must be an integer >= {minimum}")
-
-
-def _check_real(key, value, allowed, is_ok):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_ok(value):
-        raise ValueError(f"ExperienceConfig.{key} = {value!r}: must be {allowed}")
-
-
-def _check_choice(key, value, choices):
-    if value not in choices:
-        raise ValueError(f"ExperienceConfig.{key} = {value!r}: must be one of {list(choices)}")
+def _key(name: str) -> str:
+    """How errors name a key: as it sits in the trainer config, under `exgrpo.`."""
+    return f"experience.{name}"

@@ -16,6 +16,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from exgrpo_verl.data.rows import make_row
+
 DATA_SOURCE = "char_hunt"
 # Target groups from frequent to rare under an untrained tiny model, with 32-token answers:
 # any of four common characters (~90%), then one character: a digit (~25%), a rarer letter
@@ -28,15 +30,8 @@ def make_rows(num_questions: int, seed: int = 0, split: str = "train", first_ind
     rows = []
     for offset in range(num_questions):
         target = rng.choice(TARGET_GROUPS[offset % len(TARGET_GROUPS)])
-        rows.append(
-            {
-                "data_source": DATA_SOURCE,
-                "prompt": [{"role": "user", "content": f"Write any of the characters {target!r} in your answer."}],
-                "ability": "toy",
-                "reward_model": {"ground_truth": target, "style": "rule"},
-                "extra_info": {"index": first_index + offset, "split": split},
-            }
-        )
+        question = f"Write any of the characters {target!r} in your answer."
+        rows.append(make_row(DATA_SOURCE, question, target, first_index + offset, split, ability="toy", system_prompt=None))
     return rows
 
 

@@ -5,8 +5,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 RECIPE=cpu-tiny-qwen2
 RUNTIME=cpu
 REWARD_MODULE=exgrpo_verl.tasks.char_hunt
-# The CPU runtime's switch, for the trainer and every Ray worker it starts; no hub, no wandb.
-RUN_ENV=(EXGRPO_CPU_RUNTIME=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false)
 
 MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-64}"
 MAX_RESPONSE_LENGTH="${MAX_RESPONSE_LENGTH:-32}"
@@ -27,13 +25,17 @@ RECIPE_OVERRIDES=(
     exgrpo.start_solve_rate=0.1
     # Steps take about a second here; verl's 0.5 s poll for finished rollouts would dominate.
     exgrpo.sampler_poll_interval_s=0.05
-    trainer.val_before_train=False
     # A demo: every run starts from the tiny model (pass trainer.resume_mode=auto to resume).
     trainer.resume_mode=disable
 )
 
-# Build the tiny model and write the toy data, unless MODEL_PATH / TRAIN_FILES / VAL_FILES are given.
+# The CPU run's environment (the runtime's switch, no hub, no wandb), read from the package as
+# cpu_overrides reads the overrides; then the tiny model and the toy data, unless MODEL_PATH /
+# TRAIN_FILES / VAL_FILES are given.
 prepare_inputs() {
+    mapfile -t RUN_ENV < <("$PYTHON" -c \
+        'from exgrpo_verl.cpu_runtime import RUN_ENVIRONMENT; print("\n".join(f"{k}={v}" for k, v in RUN_ENVIRONMENT.items()))')
+    ((${#RUN_ENV[@]} > 0)) || die "could not read RUN_ENVIRONMENT with $PYTHON"
     if [[ -z "${MODEL_PATH:-}" ]]; then
         MODEL_PATH="$MODELS_DIR/tiny-qwen2"
         prepare "$PYTHON" -m exgrpo_verl.tiny_models --family qwen2 --out "$MODEL_PATH"
