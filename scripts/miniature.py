@@ -3,7 +3,7 @@ reasoner, through verl's real trainer on the CPU (exgrpo_verl/miniature.py has t
 
     python scripts/miniature.py --plan main            # GRPO and ExGRPO, 3 seeds (medium start)
     python scripts/miniature.py --plan ablations       # six ablations, seed 0
-    python scripts/miniature.py --plan strengths       # GRPO and ExGRPO from the weak and strong starts
+    python scripts/miniature.py --plan weak strong     # GRPO and ExGRPO from the weak and strong starts
     python scripts/miniature.py --plan main --quick    # a smoke run in a few minutes
     python scripts/miniature.py --report-only          # tables and plots from whatever has finished
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from exgrpo_verl import miniature
 from exgrpo_verl.miniature import METHODS, RunSpec, StudySettings
 
-ABLATIONS = ["uniform_questions", "random_trajectory", "no_shaping", "no_delayed_start", "rho_0.25", "rho_0.75"]
+ABLATIONS = ["no_shaping", "random_trajectory", "uniform_questions", "no_delayed_start", "rho_0.25", "rho_0.75"]
 
 
 def plan_runs(plan: str, seeds: list[int]) -> list[RunSpec]:
@@ -32,14 +32,14 @@ def plan_runs(plan: str, seeds: list[int]) -> list[RunSpec]:
         return [RunSpec(method, seed) for seed in seeds for method in ("grpo", "exgrpo")]
     if plan == "ablations":
         return [RunSpec(method, seeds[0]) for method in ABLATIONS]
-    if plan == "strengths":
-        return [RunSpec(method, seeds[0], strength) for strength in ("weak", "strong") for method in ("grpo", "exgrpo")]
-    raise SystemExit(f"--plan {plan!r}: expected main, ablations or strengths")
+    if plan in ("weak", "strong"):
+        return [RunSpec(method, seeds[0], plan) for method in ("grpo", "exgrpo")]
+    raise SystemExit(f"--plan {plan!r}: expected main, ablations, weak or strong")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", nargs="+", default=["main"], help="main, ablations, strengths (in this order)")
+    parser.add_argument("--plan", nargs="+", default=["main"], help="main, ablations, weak, strong (run in the order given)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
     parser.add_argument("--steps", type=int, default=None, help="update steps per run (default: the study's 160)")
