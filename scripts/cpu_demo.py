@@ -4,7 +4,7 @@ ExGRPO and with its on-policy GRPO baseline, through verl's real trainer on this
 script prints each step, evaluates held-out accuracy before, halfway and after, and ends with
 the table and plots under outputs/demo/.
 
-    python scripts/cpu_demo.py [--steps 40] [--out outputs/demo]
+    python scripts/cpu_demo.py [--steps 20] [--out outputs/demo]
 
 The full study (3 seeds, 160 steps, ablations, start strengths) is scripts/miniature.py.
 """
@@ -21,12 +21,12 @@ from exgrpo_verl.miniature import RunSpec, StudySettings
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40, help="update steps per method (even)")
+    parser.add_argument("--steps", type=int, default=20, help="update steps per method (even)")
     parser.add_argument("--out", default="outputs/demo")
     args = parser.parse_args()
 
     started = time.perf_counter()
-    settings = replace(StudySettings(), steps=args.steps, checkpoints=2, test_per_level=50, eval_samples=4)
+    settings = replace(StudySettings(), steps=args.steps, checkpoints=2, test_per_level=25, eval_samples=4)
     out = Path(args.out).resolve()
     print(">> warm start (a tiny Qwen2 taught chain arithmetic; cached after the first run) and task data", flush=True)
     data, models = miniature.prepare(settings, out, {"medium"})
