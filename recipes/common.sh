@@ -18,7 +18,8 @@
 #   ROLLOUT_TP GPU_MEMORY_UTILIZATION OFFLOAD         vLLM tensor parallel size, its memory share, FSDP offload
 #   MAX_PROMPT_LENGTH MAX_RESPONSE_LENGTH TOTAL_STEPS run size (token budgets follow the lengths)
 #   PROJECT EXPERIMENT OUTPUT_ROOT OUTPUT_DIR CKPT_DIR  names and places
-#   WANDB=1 TEST_FREQ SAVE_FREQ                       logging, validation, checkpoints
+#   WANDB=1 TEST_FREQ SAVE_FREQ KEEP_CHECKPOINTS      logging, validation, checkpoints (and how many stay)
+#   REWARD_MODULE                                     module whose compute_score is the training reward
 #   EXTEND_CONTEXT MODELS_DIR                         Qwen2.5-Math context extension (prepare_model below)
 #   PYTHON DRY_RUN                                    interpreter; 1 = print the command only
 set -euo pipefail
@@ -28,7 +29,9 @@ REPO_ROOT="$(dirname "$RECIPES_DIR")"
 
 RECIPE=""             # settings.sh: the recipe's name (experiment names, folders)
 RUNTIME=gpu           # settings.sh: gpu | cpu
-REWARD_MODULE=exgrpo_verl.evaluation.graders   # module whose compute_score is the reward
+# The release's format-gated reward (<think> closed, math-verify after it); the lenient one, no
+# format gate: REWARD_MODULE=exgrpo_verl.evaluation.reward_function.
+REWARD_MODULE="${REWARD_MODULE:-exgrpo_verl.reward}"
 RECIPE_OVERRIDES=()   # settings.sh: what this recipe adds
 RUN_ENV=()            # NAME=value pairs the training command runs with
 
@@ -60,6 +63,12 @@ module_file() {
 
 python_bool() { if [[ "$1" == 1 || "$1" == [Tt]rue ]]; then echo True; else echo False; fi; }
 
+# verl's max_actor_ckpt_to_keep: a count, or null (keep all) for 0.
+checkpoints_to_keep() {
+    [[ "$1" =~ ^[0-9]+$ ]] || die "KEEP_CHECKPOINTS=$1: give a whole number of checkpoints to keep (0 = all)"
+    if (("$1" == 0)); then echo null; else echo "$1"; fi
+}
+
 # Defaults for everything a settings.sh did not set and the environment does not give:
 # first where things live (what prepare_inputs needs), then the run itself.
 apply_place_defaults() {
@@ -73,8 +82,9 @@ apply_run_defaults() {
     local algorithm=$1
     # Training questions: scripts/prepare_data.py --dataset openr1 --out data/ (Elliott/Openr1-Math-46k-8192).
     TRAIN_FILES="${TRAIN_FILES:-$DATA_DIR/openr1.parquet}"
-    # In-training validation: the release's file (AIME x8, AMC x4 repeats, MATH-500, Minerva, OlympiadBench).
-    VAL_FILES="${VAL_FILES:-${EXGRPO_SHARED_DATA:-$(dirname "$REPO_ROOT")/shared/data}/eval/math_valid.parquet}"
+    # In-training validation, the release's mix (AIME24/25 x8, AMC x4, MATH-500, Minerva, OlympiadBench):
+    # scripts/prepare_data.py --dataset valid --out data/.
+    VAL_FILES="${VAL_FILES:-$DATA_DIR/math_valid.parquet}"
     NNODES="${NNODES:-1}"
     GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
     ROLLOUT_TP="${ROLLOUT_TP:-2}"
@@ -83,8 +93,12 @@ apply_run_defaults() {
     MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-1024}"
     MAX_RESPONSE_LENGTH="${MAX_RESPONSE_LENGTH:-8192}"
     TOTAL_STEPS="${TOTAL_STEPS:-701}"
-    TEST_FREQ="${TEST_FREQ:-50}"
+    # The release: validation every 10 steps, none before training, a save every 50 steps.
+    TEST_FREQ="${TEST_FREQ:-10}"
+    VAL_BEFORE_TRAIN="${VAL_BEFORE_TRAIN:-0}"
     SAVE_FREQ="${SAVE_FREQ:-50}"
+    # Checkpoints kept on disk (older ones are deleted); 0 keeps all. A 7B save is ~107 GB.
+    KEEP_CHECKPOINTS="${KEEP_CHECKPOINTS:-2}"
     WANDB="${WANDB:-0}"
     PROJECT="${PROJECT:-exgrpo}"
     EXPERIMENT="${EXPERIMENT:-$RECIPE-$algorithm}"
@@ -93,14 +107,22 @@ apply_run_defaults() {
 }
 
 # Qwen2.5-Math ships a 4096-token context; the release's 1024 + 8192 tokens need more. The
-# LUFFY/ExGRPO authors edited config.json (rope_theta 40000, 16384 positions): we build that
-# folder (weights symlinked, not copied) and train it. EXTEND_CONTEXT=0 trains MODEL_PATH as is.
+# LUFFY/ExGRPO authors edited config.json (rope_theta 40000, 16384 positions): with
+# EXTEND_CONTEXT=1 we build that folder (weights symlinked, not copied) and train it, with the
+# chat template CHAT_TEMPLATE (a jinja file) when a settings.sh names one. EXTEND_CONTEXT=0
+# trains MODEL_PATH as is.
 prepare_model() {
     [[ "${EXTEND_CONTEXT:-0}" == 1 ]] || return 0
     local rope_theta=40000 positions=16384
     local extended="$MODELS_DIR/$(basename "$MODEL_PATH")-rope$rope_theta-ctx$positions"
+    local template=()
+    if [[ -n "${CHAT_TEMPLATE:-}" ]]; then
+        [[ -f "$CHAT_TEMPLATE" ]] || die "CHAT_TEMPLATE=$CHAT_TEMPLATE: no such file"
+        template=(--chat-template "$CHAT_TEMPLATE")
+        extended="$extended-$(basename "$CHAT_TEMPLATE" .jinja)"
+    fi
     prepare "$PYTHON" "$RECIPES_DIR/tools/extend_context.py" --model "$MODEL_PATH" --out "$extended" \
-        --rope-theta "$rope_theta" --max-position-embeddings "$positions"
+        --rope-theta "$rope_theta" --max-position-embeddings "$positions" "${template[@]}"
     MODEL_PATH="$extended"
 }
 
@@ -122,7 +144,9 @@ shared_overrides() {
         "trainer.default_local_dir=$CKPT_DIR"
         "trainer.logger=$logger"
         "trainer.test_freq=$TEST_FREQ"
+        "trainer.val_before_train=$(python_bool "$VAL_BEFORE_TRAIN")"
         "trainer.save_freq=$SAVE_FREQ"
+        "trainer.max_actor_ckpt_to_keep=$(checkpoints_to_keep "$KEEP_CHECKPOINTS")"
         # Checkpoints carry a Hugging Face copy of the actor, which scripts/evaluate.py loads as is.
         'actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]'
     )

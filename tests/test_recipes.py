@@ -26,14 +26,15 @@ from exgrpo_verl.main import CONFIG_DIR, check_config
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "recipes"
 
-# recipe folder -> (default model, rollout tensor parallel size, context extended)
+THINK_TEMPLATE = RECIPES / "templates" / "qwen2.5-math-think.jinja"
+# recipe folder -> (default model, rollout tensor parallel size, context extended, chat template given)
 GPU_RECIPES = {
-    "qwen2.5-math-7b": ("Qwen/Qwen2.5-Math-7B", 2, True),
-    "qwen2.5-math-1.5b": ("Qwen/Qwen2.5-Math-1.5B", 1, True),
-    "qwen2.5-7b-instruct": ("Qwen/Qwen2.5-7B-Instruct", 2, False),
-    "llama3.1-8b": ("meta-llama/Llama-3.1-8B", 2, False),
-    "llama3.1-8b-instruct": ("meta-llama/Llama-3.1-8B-Instruct", 2, False),
-    "luffy-qwen-math-7b-zero": ("Elliott/LUFFY-Qwen-Math-7B-Zero", 2, True),
+    "qwen2.5-math-7b": ("Elliott/Qwen2.5-Math-7B-16k-think", 2, False, False),
+    "qwen2.5-math-1.5b": ("Qwen/Qwen2.5-Math-1.5B", 1, True, True),
+    "qwen2.5-7b-instruct": ("Qwen/Qwen2.5-7B-Instruct", 2, False, False),
+    "llama3.1-8b": ("meta-llama/Llama-3.1-8B", 2, False, False),
+    "llama3.1-8b-instruct": ("meta-llama/Llama-3.1-8B-Instruct", 2, False, False),
+    "luffy-qwen-math-7b-zero": ("Elliott/LUFFY-Qwen-Math-7B-Zero", 2, True, False),
 }
 CPU_RECIPES = {"cpu/tiny-qwen2.sh": "exgrpo", "cpu/tiny-qwen2-grpo.sh": "grpo"}
 # Keys that name a run, and so differ between the twins besides the replay ratio.
@@ -116,7 +117,7 @@ def test_every_recipe_script_is_covered_here():
         for path in RECIPES.rglob("*.sh")
         if path.name not in ("common.sh", "settings.sh")
     }
-    assert scripts == set(gpu_scripts()) | set(CPU_RECIPES)
+    assert scripts == set(gpu_scripts()) | set(CPU_RECIPES) | {"tools/start_ray_node.sh"}
     for script in scripts:
         assert os.access(RECIPES / script, os.X_OK), f"{script} is not executable"
 
@@ -130,7 +131,7 @@ def test_bash_syntax(script):
 @pytest.mark.parametrize("script", gpu_scripts())
 def test_gpu_recipe_composes_with_the_release_settings(script, tmp_path):
     folder, algorithm = script.split("/")[0], script.split("/")[1].removesuffix(".sh")
-    model, rollout_tp, extended = GPU_RECIPES[folder]
+    model, rollout_tp, extended, templated = GPU_RECIPES[folder]
     run = dry_run(script, tmp_path)
     config = compose_overrides(run.overrides)
     check_like_the_entry_point(config)
@@ -147,6 +148,9 @@ def test_gpu_recipe_composes_with_the_release_settings(script, tmp_path):
     assert (config.data.max_prompt_length, config.data.max_response_length) == (1024, 8192)
     assert arr.rollout.temperature == 1.0 and arr.rollout.val_kwargs.temperature == pytest.approx(0.6)
     assert config.trainer.total_training_steps == 701
+    # The release's cadence: validation every 10 steps, none before training, a save every 50.
+    assert (config.trainer.test_freq, config.trainer.save_freq, config.trainer.val_before_train) == (10, 50, False)
+    assert config.trainer.max_actor_ckpt_to_keep == 2  # a 7B save is ~107 GB: keep the last two
     assert config.algorithm.adv_estimator == "exgrpo" and config.algorithm.norm_adv_by_std_in_grpo is False
     assert config.exgrpo.replay_ratio == (0.5 if algorithm == "exgrpo" else 0)
     # GPU runtime: 1 node x 8 GPUs, vLLM, FSDP2 without offload, padding removal, checkpointing,
@@ -160,9 +164,9 @@ def test_gpu_recipe_composes_with_the_release_settings(script, tmp_path):
     assert arr.actor.ppo_max_token_len_per_gpu == 2 * 9216
     assert arr.rollout.max_model_len == 9216
     assert "address" not in config.ray_kwargs.ray_init  # one node: no cluster needed beforehand
-    # Reward: our math grader, from its installed file.
+    # Reward: the release's format-gated reward, from its installed file.
     reward = config.reward.custom_reward_function
-    assert reward.path.endswith("exgrpo_verl/evaluation/graders.py") and Path(reward.path).is_file()
+    assert reward.path.endswith("exgrpo_verl/reward.py") and Path(reward.path).is_file()
     assert reward.name == "compute_score"
     # Names and places.
     assert config.trainer.experiment_name == f"{folder}-{algorithm}"
@@ -171,16 +175,31 @@ def test_gpu_recipe_composes_with_the_release_settings(script, tmp_path):
     assert config.trainer.logger == ["console"]
     # Model: the HF id, or (Qwen2.5-Math) its context-extended copy built from the HF id first.
     if extended:
-        expected = tmp_path / "outputs" / "models" / f"{model.split('/')[-1]}-rope40000-ctx16384"
-        assert arr.model.path == str(expected)
-        [step] = run.prepare
-        words = shlex.split(step)
-        assert words[1].endswith("recipes/tools/extend_context.py")
-        assert words[words.index("--model") + 1] == model and words[words.index("--out") + 1] == str(expected)
-        assert words[words.index("--rope-theta") + 1] == "40000"
-        assert words[words.index("--max-position-embeddings") + 1] == "16384"
+        check_extension_step(run, model, tmp_path, templated)
     else:
         assert arr.model.path == model and run.prepare == []
+
+
+def check_extension_step(run: DryRun, model: str, tmp_path: Path, templated: bool) -> None:
+    """The recipe first builds the 16k copy of `model` (with the <think> template if `templated`) and trains it."""
+    suffix = "-qwen2.5-math-think" if templated else ""
+    expected = tmp_path / "outputs" / "models" / f"{model.split('/')[-1]}-rope40000-ctx16384{suffix}"
+    assert compose_overrides(run.overrides).actor_rollout_ref.model.path == str(expected)
+    [step] = run.prepare
+    words = shlex.split(step)
+    assert words[1].endswith("recipes/tools/extend_context.py")
+    assert words[words.index("--model") + 1] == model and words[words.index("--out") + 1] == str(expected)
+    assert words[words.index("--rope-theta") + 1] == "40000"
+    assert words[words.index("--max-position-embeddings") + 1] == "16384"
+    if templated:
+        assert Path(words[words.index("--chat-template") + 1]) == THINK_TEMPLATE
+    else:
+        assert "--chat-template" not in words
+
+
+def test_qwen_math_7b_falls_back_to_extending_the_base_model_with_the_think_template(tmp_path):
+    run = dry_run("qwen2.5-math-7b/exgrpo.sh", tmp_path, EXTEND_CONTEXT="1", MODEL_PATH="Qwen/Qwen2.5-Math-7B")
+    check_extension_step(run, "Qwen/Qwen2.5-Math-7B", tmp_path, templated=True)
 
 
 @pytest.mark.parametrize("folder", sorted(GPU_RECIPES))
@@ -191,6 +210,12 @@ def test_grpo_twin_differs_only_in_the_replay_ratio(folder, tmp_path):
     differing = {key for key in exgrpo if exgrpo[key] != grpo[key]}
     assert differing == {"exgrpo.replay_ratio"} | RUN_NAME_KEYS
     assert (exgrpo["exgrpo.replay_ratio"], grpo["exgrpo.replay_ratio"]) == (0.5, 0)
+
+
+@pytest.mark.parametrize("args", [[], ["worker"], ["tail"]])
+def test_the_ray_node_script_wants_a_role_and_a_head_address(args):
+    result = subprocess.run(["bash", str(RECIPES / "tools" / "start_ray_node.sh"), *args], capture_output=True, text=True)
+    assert result.returncode == 2 and "usage:" in result.stderr and "head | worker <head-ip>" in result.stderr
 
 
 def test_trailing_hydra_arguments_override_the_recipe(tmp_path):
@@ -229,9 +254,32 @@ def test_environment_variables_set_model_cluster_lengths_and_logging(tmp_path):
     assert config.trainer.default_local_dir == "/ckpt/here"
 
 
-def test_default_validation_file_is_the_releases(tmp_path):
-    run = dry_run("qwen2.5-7b-instruct/exgrpo.sh", tmp_path, VAL_FILES=None, EXGRPO_SHARED_DATA="/shared/data")
-    assert compose_overrides(run.overrides).data.val_files == "/shared/data/eval/math_valid.parquet"
+def test_default_data_files_are_the_releases_inside_the_data_folder(tmp_path):
+    run = dry_run("qwen2.5-7b-instruct/exgrpo.sh", tmp_path, TRAIN_FILES=None, VAL_FILES=None, DATA_DIR="/my/data")
+    config = compose_overrides(run.overrides)
+    assert (config.data.train_files, config.data.val_files) == ("/my/data/openr1.parquet", "/my/data/math_valid.parquet")
+
+
+@pytest.mark.parametrize("keep, expected", [("0", None), ("5", 5)])
+def test_checkpoints_kept_follow_keep_checkpoints(tmp_path, keep, expected):
+    run = dry_run("llama3.1-8b/exgrpo.sh", tmp_path, KEEP_CHECKPOINTS=keep)
+    assert compose_overrides(run.overrides).trainer.max_actor_ckpt_to_keep == expected
+
+
+def test_a_bad_keep_checkpoints_names_the_variable(tmp_path):
+    env = {"PATH": os.environ["PATH"], "DRY_RUN": "1", "PYTHON": sys.executable, "KEEP_CHECKPOINTS": "two"}
+    result = subprocess.run(["bash", str(RECIPES / "llama3.1-8b/exgrpo.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "KEEP_CHECKPOINTS=two: give a whole number" in result.stderr
+
+
+def test_validation_cadence_and_the_lenient_reward_are_settings(tmp_path):
+    run = dry_run(
+        "qwen2.5-7b-instruct/exgrpo.sh", tmp_path,
+        TEST_FREQ="5", VAL_BEFORE_TRAIN="1", REWARD_MODULE="exgrpo_verl.evaluation.reward_function",
+    )
+    config = compose_overrides(run.overrides)
+    assert (config.trainer.test_freq, config.trainer.val_before_train) == (5, True)
+    assert config.reward.custom_reward_function.path.endswith("exgrpo_verl/evaluation/reward_function.py")
 
 
 @pytest.mark.parametrize("script", sorted(CPU_RECIPES))
@@ -321,3 +369,38 @@ def test_extend_context_handles_rope_parameters_and_refuses_to_overwrite_the_sou
     assert "rope_theta" not in config and config["max_position_embeddings"] == 16384
     result = _extend(source, source)
     assert result.returncode != 0 and "is the source model folder" in result.stderr
+
+
+def test_the_think_template_renders_the_prompt_the_release_expects(tiny_qwen2, tmp_path):
+    """The release's reward and replay assume the rendered prompt ends with `<think>\\n`. A tokenizer
+    built here (the tiny Qwen2's, ChatML tokens) given the recipe's template renders a release row so."""
+    from transformers import AutoTokenizer
+
+    from exgrpo_verl.data.rows import SYSTEM_PROMPT, chat_prompt
+
+    out = tmp_path / "extended"
+    result = subprocess.run(
+        [sys.executable, str(RECIPES / "tools" / "extend_context.py"), "--model", str(tiny_qwen2), "--out", str(out),
+         "--chat-template", str(THINK_TEMPLATE)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    question = "What is $1 + 1$?"
+    rendered = AutoTokenizer.from_pretrained(out).apply_chat_template(
+        chat_prompt(question), add_generation_prompt=True, tokenize=False
+    )
+    assert rendered == (
+        f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n"
+    )
+    # Without a system message the template falls back to Qwen2.5-Math's own system prompt.
+    no_system = AutoTokenizer.from_pretrained(out).apply_chat_template(
+        chat_prompt(question, system_prompt=None), add_generation_prompt=True, tokenize=False
+    )
+    assert no_system.startswith("<|im_start|>system\nPlease reason step by step") and no_system.endswith("<think>\n")
+    # The source model keeps its own template; only the copy changed.
+    source = AutoTokenizer.from_pretrained(tiny_qwen2).apply_chat_template(
+        chat_prompt(question), add_generation_prompt=True, tokenize=False
+    )
+    assert not source.endswith("<think>\n")
+    assert (out / "model.safetensors").is_symlink() and not (out / "tokenizer_config.json").is_symlink()

@@ -9,7 +9,13 @@ edit into a new folder: config.json rewritten, every other file a symlink into t
 vLLM load the extended model from one path.
 
     python recipes/tools/extend_context.py --model Qwen/Qwen2.5-Math-7B \\
-        --out outputs/models/Qwen2.5-Math-7B-rope40000-ctx16384
+        --out outputs/models/Qwen2.5-Math-7B-rope40000-ctx16384 \\
+        --chat-template recipes/templates/qwen2.5-math-think.jinja
+
+`--chat-template` also gives the copy the release's chat template, whose rendered prompt ends
+with `<think>\n` (the authors' Elliott/Qwen2.5-Math-7B-16k-think has both edits): the
+tokenizer's files that hold a template (tokenizer_config.json, chat_template.jinja) are then
+written, not linked.
 
 Multi-node runs: every node loads the model from this path, and the symlinks point into
 this machine's cache, so put --out and HF_HOME on shared storage (or run the tool on each node).
@@ -45,7 +51,12 @@ def extended_config(config: dict, rope_theta: float, max_position_embeddings: in
     return config
 
 
-def extend_context(source: Path, out: Path, rope_theta: float, max_position_embeddings: int) -> Path:
+TEMPLATE_FILES = ("tokenizer_config.json", "chat_template.jinja")
+
+
+def extend_context(
+    source: Path, out: Path, rope_theta: float, max_position_embeddings: int, chat_template: str | None = None
+) -> Path:
     source, out = source.resolve(), out.expanduser().resolve()
     if out == source:
         raise ValueError(f"--out {out} is the source model folder; choose a new folder")
@@ -53,18 +64,32 @@ def extend_context(source: Path, out: Path, rope_theta: float, max_position_embe
     if not config_path.is_file():
         raise FileNotFoundError(f"{source} has no config.json: not a Hugging Face model folder")
     out.mkdir(parents=True, exist_ok=True)
+    written = {"config.json"} | (set(TEMPLATE_FILES) if chat_template is not None else set())
     for entry in sorted(source.iterdir()):
-        if entry.name == "config.json":
-            continue
         link = out / entry.name
         if link.is_symlink():
             link.unlink()  # re-running replaces the links (the source may have moved)
-        elif link.exists():
+        elif link.exists() and entry.name not in written:
             raise FileExistsError(f"{link} exists and is not a link from an earlier run; use an empty --out")
-        link.symlink_to(entry.resolve())
+        if entry.name not in written:
+            link.symlink_to(entry.resolve())
     config = extended_config(json.loads(config_path.read_text()), rope_theta, max_position_embeddings)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if chat_template is not None:
+        write_chat_template(source, out, chat_template)
     return out
+
+
+def write_chat_template(source: Path, out: Path, chat_template: str) -> None:
+    """The source's tokenizer_config.json with `chat_template` replaced, and the same template in
+    chat_template.jinja (transformers reads that file first when it exists)."""
+    tokenizer_config_path = source / "tokenizer_config.json"
+    if not tokenizer_config_path.is_file():
+        raise FileNotFoundError(f"{source} has no tokenizer_config.json: cannot set --chat-template")
+    tokenizer_config = json.loads(tokenizer_config_path.read_text())
+    tokenizer_config["chat_template"] = chat_template
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
+    (out / "chat_template.jinja").write_text(chat_template)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,9 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder to write")
     parser.add_argument("--rope-theta", type=float, default=40000.0)
     parser.add_argument("--max-position-embeddings", type=int, default=16384)
+    parser.add_argument("--chat-template", type=Path, help="jinja file: the copy's chat template (default: the source's)")
     args = parser.parse_args(argv)
     rope_theta = int(args.rope_theta) if args.rope_theta.is_integer() else args.rope_theta  # as configs write it
-    out = extend_context(resolve_source(args.model), args.out, rope_theta, args.max_position_embeddings)
+    chat_template = args.chat_template.read_text().rstrip("\n") if args.chat_template else None
+    out = extend_context(resolve_source(args.model), args.out, rope_theta, args.max_position_embeddings, chat_template)
     print(out)
 
 
