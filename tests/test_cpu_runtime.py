@@ -1,7 +1,7 @@
 """The verl plugin and the CPU runtime: loaded where verl runs, absent without the switch,
 loud when broken, and clear about configs it cannot serve."""
 
-import importlib
+import importlib.util
 import logging
 import sys
 
@@ -128,3 +128,73 @@ def test_backend_string_normalisation():
     assert cpu_runtime.normalise_backend("gloo") == "gloo"
     assert cpu_runtime.normalise_backend("cpu:gloo,cuda:nccl") == "cpu:gloo,cuda:nccl"
     assert cpu_runtime.normalise_backend(None) is None
+
+
+# ---- lazy registration (exgrpo_verl.plugin) ------------------------------------------------------
+
+LIGHT_PROBE = """
+import json, sys
+import verl
+heavy = ["verl.trainer.ppo.core_algos", "verl.trainer.ppo.v1", "exgrpo_verl.verl_adapters.trainer",
+         "exgrpo_verl.verl_adapters.advantage"]
+after_import = [name for name in heavy if name in sys.modules]
+from verl.trainer.ppo import core_algos
+estimator = core_algos.get_adv_estimator_fn("exgrpo").__module__
+from verl.trainer.ppo.v1 import get_trainer_cls
+trainer = get_trainer_cls("exgrpo").__name__
+print(json.dumps({"plugin": "exgrpo_verl.plugin" in sys.modules, "after_import": after_import,
+                  "estimator": estimator, "trainer": trainer}))
+"""
+
+
+def test_import_verl_loads_the_plugin_lightly_and_registries_still_find_everything():
+    """A process that only imports verl (a vLLM worker) gets no trainer stack from us; one that
+    imports verl's registries finds our estimator and trainer mode there."""
+    import json
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in (cpu_runtime.SWITCH_ENV, "VERL_USE_EXTERNAL_MODULES")}
+    result = subprocess.run([sys.executable, "-c", LIGHT_PROBE], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert probe["plugin"]
+    assert probe["after_import"] == []
+    assert probe["estimator"] == "exgrpo_verl.verl_adapters.advantage"
+    assert probe["trainer"] == "ExGRPOTrainer"
+
+
+@pytest.fixture
+def fresh_module(tmp_path, monkeypatch):
+    """A module file nobody has imported yet: its name, and the path it lives on."""
+    name = f"exgrpo_probe_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text("LOADED = 'all of it'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_when_imported_runs_after_the_module_has_fully_executed(fresh_module):
+    from exgrpo_verl import plugin
+
+    seen = []
+    plugin.when_imported(fresh_module, lambda: seen.append(sys.modules[fresh_module].LOADED))
+    assert seen == []  # nothing imported yet
+    importlib.util.find_spec(fresh_module)  # looking a module up is not importing it
+    assert seen == []
+    module = importlib.import_module(fresh_module)
+    assert seen == ["all of it"] and module.LOADED == "all of it"
+    plugin.when_imported(fresh_module, lambda: seen.append("again"))  # already imported: at once
+    assert seen == ["all of it", "again"]
+
+
+def test_a_failing_lazy_registration_is_loud(fresh_module, caplog):
+    from exgrpo_verl import plugin
+
+    def broken():
+        raise RuntimeError("simulated registration failure")
+
+    plugin.when_imported(fresh_module, broken)
+    with caplog.at_level(logging.ERROR, logger="exgrpo_verl"), pytest.raises(RuntimeError, match="simulated"):
+        importlib.import_module(fresh_module)
+    assert any("registering the verl plugin failed" in r.getMessage() for r in caplog.records)
