@@ -107,7 +107,7 @@ def ppo_clipped_surrogate(
     advantages: torch.Tensor,
     clip_ratio_low: float,
     clip_ratio_high: float,
-    clip_ratio_c: float,
+    clip_ratio_c: float | None,
 ) -> ClippedSurrogate:
     """PPO's clipped surrogate with dual clip, per token, as verl's `compute_policy_loss_vanilla`.
 
@@ -115,12 +115,15 @@ def ppo_clipped_surrogate(
         L      = L_clip                 if A >= 0
         L      = min(L_clip, -A c)      if A < 0     (dual clip, c > 1: bounds the loss of a very
                                                       large ratio on a negative advantage)
+    clip_ratio_c None: L = L_clip everywhere (the plain clip, as the release's warm-up).
     """
-    if clip_ratio_c <= 1.0:
+    if clip_ratio_c is not None and clip_ratio_c <= 1.0:
         raise ValueError(f"clip_ratio_c must be > 1 for dual-clip PPO, got {clip_ratio_c}")
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
     single_clip = torch.maximum(unclipped, clipped)
+    if clip_ratio_c is None:
+        return ClippedSurrogate(loss=single_clip, clipped=clipped > unclipped, clipped_lower=torch.zeros_like(clipped, dtype=torch.bool))
     dual_clip_bound = -advantages * clip_ratio_c
     negative_advantage = advantages < 0
     loss = torch.where(negative_advantage, torch.minimum(single_clip, dual_clip_bound), single_clip)
@@ -150,7 +153,7 @@ def mixed_policy_token_loss(
     clip_on_policy: bool,
     clip_ratio_low: float,
     clip_ratio_high: float,
-    clip_ratio_c: float,
+    clip_ratio_c: float | None,
 ) -> MixedPolicyTokenLoss:
     """Per-token loss of ExGRPO's mixed-policy objective.
 
@@ -193,6 +196,33 @@ def mixed_policy_token_loss(
     )
 
 
+def release_token_sum(
+    loss_mat: torch.Tensor, mask: torch.Tensor, *, dp_size: int, release_world_size: int, max_response_length: int
+) -> torch.Tensor:
+    """One micro-batch's policy loss at the authors' release's gradient scale.
+
+        L_mb = dp / (R L_max) * sum_{i,t in mb} m_it l_it
+
+    The release sums a micro-batch's token losses and divides by L_max (8192), sums micro-batches
+    and averages gradients over its R = 8 ranks. verl's engine also sums micro-batches and FSDP
+    averages over our dp ranks, so the factor dp / R gives every token of the mini-batch the
+    release's weight 1 / (R L_max), whatever our dp size (equal to the release at dp = R).
+    """
+    return (loss_mat * mask).sum() * dp_size / (release_world_size * max_response_length)
+
+
+def release_token_mean(values: torch.Tensor, mask: torch.Tensor, *, dp_size: int, release_world_size: int) -> torch.Tensor:
+    """One micro-batch's entropy at the release's scale: its token mean, per micro-batch.
+
+        H_mb = dp / R * sum_{i,t in mb} m_it H_it / sum_{i,t in mb} m_it     (0 for an empty micro-batch)
+
+    The release adds -c H_mb (c = 0.001) to every micro-batch's loss, not normalised like the
+    policy term; dp / R keeps its rank average as the release's (see release_token_sum).
+    """
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1) * dp_size / release_world_size
+
+
 def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-row mean over the response tokens:  s_i = sum_t m_it v_it / sum_t m_it.
 
@@ -207,13 +237,16 @@ def trajectory_selection_score(metric: str, entropy: torch.Tensor, log_prob: tor
     under the current policy (temperature 1):
 
         "entropy":     H_i   = mean_t H(pi_theta(. | x, y_<t))          (the paper's criterion)
+        "entropy_sum": S_i   = sum_t H(pi_theta(. | x, y_<t))           (the release's, in effect)
         "perplexity":  PPL_i = exp(-mean_t log pi_theta(y_t | x, y_<t))
 
-    Both are token means over the response only (the release averaged over padding too,
-    which in effect favoured short trajectories).
+    Means are over the response tokens only. The release's mask made its score, in effect, the
+    summed entropy, which favours short trajectories; "entropy_sum" reproduces it.
     """
     if metric == "entropy":
         return token_mean(entropy, mask)
+    if metric == "entropy_sum":
+        return (entropy * mask.to(entropy.dtype)).sum(-1)
     if metric == "perplexity":
         return torch.exp(-token_mean(log_prob, mask))
-    raise ValueError(f"trajectory_selection_score: metric must be 'entropy' or 'perplexity', got {metric!r}")
+    raise ValueError(f"trajectory_selection_score: metric must be 'entropy', 'entropy_sum' or 'perplexity', got {metric!r}")

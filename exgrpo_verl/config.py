@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exgrpo_verl.experience import ExperienceConfig
-from exgrpo_verl.validation import check_bool, check_real
 from exgrpo_verl.reward_guard import RewardGuardConfig
+from exgrpo_verl.validation import check_bool, check_choice, check_int, check_real
+
+LOSS_AGGREGATIONS = ("verl", "release")
 
 
 @dataclass(frozen=True)
@@ -25,16 +27,28 @@ class ExGRPOLossConfig:
         plain, unclipped w (the paper's "w/o policy shaping" ablation).
     clip_on_policy_after_start: keep PPO's clip on fresh tokens once replay has started
         (release: False, the clip is removed then; it is always on during warm-up).
+    warmup_dual_clip: verl's dual clip (clip_ratio_c) on negative advantages during warm-up
+        (release: False, plain clip).
+    aggregation: "verl" (actor.loss_agg_mode, verl's agg_loss) or "release": the authors'
+        gradient scale, token sums / (release_world_size x actor.loss_scale_factor) and the entropy
+        as a token mean per micro-batch (see algorithm.release_token_sum / release_token_mean).
+    release_world_size: R, the release's data-parallel ranks (8), for aggregation=release.
     """
 
     shaping_beta: float = 0.1
     policy_shaping: bool = True
     clip_on_policy_after_start: bool = False
+    warmup_dual_clip: bool = True
+    aggregation: str = "verl"
+    release_world_size: int = 8
 
     def __post_init__(self):
         check_real("exgrpo.loss.shaping_beta", self.shaping_beta, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
         check_bool("exgrpo.loss.policy_shaping", self.policy_shaping)
         check_bool("exgrpo.loss.clip_on_policy_after_start", self.clip_on_policy_after_start)
+        check_bool("exgrpo.loss.warmup_dual_clip", self.warmup_dual_clip)
+        check_choice("exgrpo.loss.aggregation", self.aggregation, LOSS_AGGREGATIONS)
+        check_int("exgrpo.loss.release_world_size", self.release_world_size, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -44,8 +58,13 @@ class ExGRPOConfig:
     start_solve_rate: replay starts (for good) after a step whose fraction of fresh rollouts
         with reward 1 exceeds this (release 0.35).
     collect_during_warmup: also store successes before replay starts (release: False).
+    store_from_switch_step: store the successes of the step that switches replay on (release:
+        False, it stores from the next step).
     sampler_poll_interval_s: how often the step waits on TransferQueue for finished rollouts
         (verl polls every 2 s; short CPU steps want less).
+    max_grad_norm: skip an optimiser step whose gradient norm (before clipping) exceeds this
+        (release: 500 at its gradient scale); null never skips (verl still skips non-finite norms).
+        See exgrpo_verl.verl_adapters.grad_norm_guard.
     loss, experience: see ExGRPOLossConfig and exgrpo_verl.experience.ExperienceConfig
         (its group_size comes from actor_rollout_ref.rollout.n, not from here).
     reward: the reward guard's time limit and failure budget (exgrpo_verl.reward_guard).
@@ -54,7 +73,9 @@ class ExGRPOConfig:
     replay_ratio: float = 0.5
     start_solve_rate: float = 0.35
     collect_during_warmup: bool = False
+    store_from_switch_step: bool = True
     sampler_poll_interval_s: float = 0.5
+    max_grad_norm: float | None = None
     loss: ExGRPOLossConfig = field(default_factory=ExGRPOLossConfig)
     experience: dict[str, Any] = field(default_factory=dict)
     reward: RewardGuardConfig = field(default_factory=RewardGuardConfig)
@@ -63,8 +84,12 @@ class ExGRPOConfig:
         check_real("exgrpo.replay_ratio", self.replay_ratio, "a number in [0, 1)", lambda v: 0 <= v < 1)
         check_real("exgrpo.start_solve_rate", self.start_solve_rate, "a number in [0, 1]", lambda v: 0 <= v <= 1)
         check_bool("exgrpo.collect_during_warmup", self.collect_during_warmup)
+        check_bool("exgrpo.store_from_switch_step", self.store_from_switch_step)
         check_real("exgrpo.sampler_poll_interval_s", self.sampler_poll_interval_s, "a number of seconds > 0",
                    lambda v: math.isfinite(v) and v > 0)
+        if self.max_grad_norm is not None:
+            check_real("exgrpo.max_grad_norm", self.max_grad_norm, "a number > 0, or null (never skip)",
+                       lambda v: math.isfinite(v) and v > 0)
         if "group_size" in self.experience:
             raise ValueError("exgrpo.experience.group_size: set actor_rollout_ref.rollout.n instead (it is K)")
 
@@ -126,6 +151,11 @@ def incompatible_verl_settings(config) -> list[str]:
                         "set it to False")
     if select("distillation.enabled", False):
         problems.append("distillation.enabled=True: ExGRPO's loss would replace the distillation loss; set it to False")
+    grad_clip, clip_grad = select("actor_rollout_ref.actor.grad_clip"), select("actor_rollout_ref.actor.optim.clip_grad", 1.0)
+    if grad_clip is not None and grad_clip != clip_grad:
+        problems.append(f"actor_rollout_ref.actor.grad_clip={grad_clip}: verl 0.9.1's engine clips at "
+                        f"actor_rollout_ref.actor.optim.clip_grad (now {clip_grad}); set "
+                        f"actor_rollout_ref.actor.optim.clip_grad={grad_clip} instead")
     sync_step = select("trainer.v1.sync.parameter_sync_step", 1)
     if sync_step != 1:
         problems.append(f"trainer.v1.sync.parameter_sync_step={sync_step}: ExGRPO mixes one batch per update; set it to 1")

@@ -29,3 +29,13 @@ def replay_starts(already_started: bool, step_solve_rate: float, threshold: floa
     """Delayed start, one-way: replay is on once any step's solve rate exceeded the threshold
     (release: 0.35). With rho = 0 it never starts."""
     return replay_ratio > 0 and (already_started or step_solve_rate > threshold)
+
+
+def stores_successes(was_started: bool, started: bool, collect_during_warmup: bool, from_switch_step: bool) -> bool:
+    """Whether a step's successes go into the buffer:
+
+        store = collect_during_warmup or (started if from_switch_step else was_started)
+
+    `started` is the phase after this step's solve rate was seen, `was_started` the one before:
+    ours stores the step whose solve rate switched replay on, the release from the next step."""
+    return collect_during_warmup or (started if from_switch_step else was_started)

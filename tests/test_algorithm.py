@@ -215,3 +215,20 @@ def test_mixed_loss_stays_finite_for_extreme_log_prob_differences(clip_on_policy
     assert torch.isfinite(out.loss).all()
     out.loss.sum().backward()
     assert torch.isfinite(log_prob.grad).all()
+
+
+def test_the_releases_summed_entropy_score_favours_short_trajectories():
+    from exgrpo_verl.algorithm import trajectory_selection_score
+
+    entropy = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.9, 0.9, 0.0, 0.0]])  # row 1: shorter but less confident
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    torch.testing.assert_close(trajectory_selection_score("entropy_sum", entropy, entropy, mask), torch.tensor([2.0, 1.8]))
+    torch.testing.assert_close(trajectory_selection_score("entropy", entropy, entropy, mask), torch.tensor([0.5, 0.9]))
+
+
+def test_plain_clip_without_the_dual_clip():
+    ratio, advantages = torch.tensor([5.0, 5.0]), torch.tensor([-1.0, 1.0])
+    dual = ppo_clipped_surrogate(ratio, advantages, 0.2, 0.2, clip_ratio_c=3.0)
+    plain = ppo_clipped_surrogate(ratio, advantages, 0.2, 0.2, clip_ratio_c=None)
+    assert dual.loss.tolist() == [3.0, -1.2] and dual.clipped_lower.tolist() == [True, False]
+    assert plain.loss.tolist() == [5.0, -1.2] and not plain.clipped_lower.any()

@@ -23,7 +23,7 @@ def test_defaults_reproduce_the_release(exgrpo_config):
     actor = exgrpo_config.actor_rollout_ref.actor
     assert exgrpo_config.algorithm.adv_estimator == "exgrpo" and exgrpo_config.algorithm.norm_adv_by_std_in_grpo is False
     assert (actor.loss_agg_mode, actor.loss_scale_factor, actor.entropy_coeff, actor.use_kl_loss) == ("seq-mean-token-sum-norm", 8192, 0.001, False)
-    assert (actor.optim.lr, actor.optim.weight_decay, actor.grad_clip) == (1e-6, 0.01, 1.0)
+    assert (actor.optim.lr, actor.optim.weight_decay, actor.optim.clip_grad) == (1e-6, 0.01, 1.0)
     assert exgrpo_config.actor_rollout_ref.rollout.n == 8 and exgrpo_config.data.train_batch_size == 128
     experience = settings.experience_config(group_size=8)
     assert experience.selection_metric == "entropy" and experience.sigma == pytest.approx(1 / 8)
@@ -104,6 +104,7 @@ def test_entry_point_refuses_bad_config_before_starting_anything(tiny_qwen2, cha
         ("algorithm.rollout_correction.bypass_mode", True, "needs the old-log-prob pass"),
         ("actor_rollout_ref.rollout.multi_turn.enable", True, "multi_turn.enable=True"),
         ("trainer.v1.sync.parameter_sync_step", 2, "parameter_sync_step=2"),
+        ("actor_rollout_ref.actor.grad_clip", 0.5, "set actor_rollout_ref.actor.optim.clip_grad=0.5 instead"),
     ],
 )
 def test_verl_options_exgrpo_would_defeat_are_refused(exgrpo_config, key, value, message):
@@ -115,3 +116,27 @@ def test_verl_options_exgrpo_would_defeat_are_refused(exgrpo_config, key, value,
         check_config(config)
     OmegaConf.update(config, "exgrpo.replay_ratio", 0.0)  # plain GRPO may use them
     check_config(config)
+
+
+def test_the_release_preset_switches_every_release_variant_on():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        release = compose(config_name="exgrpo_release")
+    settings = check_config(release)
+    assert settings.max_grad_norm == 500 and settings.store_from_switch_step is False
+    assert (settings.loss.aggregation, settings.loss.release_world_size, settings.loss.warmup_dual_clip) == ("release", 8, False)
+    experience = settings.experience_config(group_size=8)
+    assert (experience.selection_metric, experience.zero_accuracy_policy) == ("entropy_sum", "keep_stale")
+    assert experience.max_candidates_per_question == experience.max_trajectories_per_question
+    # Everything else is exgrpo.yaml's.
+    assert release.actor_rollout_ref.actor.optim.clip_grad == 1.0 and release.exgrpo.replay_ratio == 0.5
+    assert ExGRPOConfig.from_dict({}).loss.aggregation == "verl" and ExGRPOConfig.from_dict({}).max_grad_norm is None
+
+
+def test_storing_starts_at_the_switch_step_or_as_the_release_the_step_after():
+    from exgrpo_verl.mixing import stores_successes
+
+    # (was started, started now) over warm-up, the switch step, and after it
+    phases = [(False, False), (False, True), (True, True)]
+    assert [stores_successes(w, s, False, from_switch_step=True) for w, s in phases] == [False, True, True]
+    assert [stores_successes(w, s, False, from_switch_step=False) for w, s in phases] == [False, False, True]
+    assert all(stores_successes(w, s, True, from_switch_step=False) for w, s in phases)

@@ -144,8 +144,9 @@ def check_rollout_config(rollout_config) -> None:
 
 
 def _register_cpu_fsdp_engines() -> None:
+    from exgrpo_verl.verl_adapters.grad_norm_guard import GradNormGuardedEngine
     from verl.workers.engine.base import EngineRegistry
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithValueHead
 
     def checked(engine_cls):
         class CPUChecked(engine_cls):
@@ -156,7 +157,7 @@ def _register_cpu_fsdp_engines() -> None:
         CPUChecked.__name__ = CPUChecked.__qualname__ = f"CPU{engine_cls.__name__}"
         return CPUChecked
 
-    for model_type, engine_cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
+    for model_type, engine_cls in (("language_model", GradNormGuardedEngine), ("value_model", FSDPEngineWithValueHead)):
         EngineRegistry.register(model_type=model_type, backend=["fsdp", "fsdp2"], device="cpu")(checked(engine_cls))
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from exgrpo_verl.validation import check_choice, check_int, check_real
 
 QUESTION_SAMPLING = ("gaussian", "uniform")
-SELECTION_METRICS = ("entropy", "perplexity", "stored_entropy", "recent", "random")
+SELECTION_METRICS = ("entropy", "entropy_sum", "perplexity", "stored_entropy", "recent", "random")
 # Metrics whose scores the caller computes with a forward pass of the current policy.
-FORWARD_PASS_METRICS = ("entropy", "perplexity")
+FORWARD_PASS_METRICS = ("entropy", "entropy_sum", "perplexity")
 ZERO_ACCURACY_POLICIES = ("drop_from_pool", "keep_stale")
 
 
@@ -24,7 +24,8 @@ class ExperienceConfig:
         sigma None means 1/K (one success in accuracy units, as in the paper).
     question_sampling: "gaussian" (bucket-weighted) or "uniform" over the pool.
     selection_metric: how one stored trajectory of a question is picked for replay:
-        "entropy" / "perplexity" (argmin of scores the caller computes under the current policy),
+        "entropy" / "entropy_sum" (the release's score) / "perplexity" (argmin of scores the caller
+        computes under the current policy),
         "stored_entropy" (argmin of the token-mean entropy recorded at collection),
         "recent" (most recently collected), "random".
     max_candidates_per_question: at most this many (the most recent) trajectories are candidates.

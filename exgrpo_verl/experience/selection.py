@@ -10,8 +10,9 @@ from .config import FORWARD_PASS_METRICS
 def select_index(metric: str, entropy_means: list[float | None], scores, rng: np.random.Generator) -> int:
     """Index of the candidate to replay; candidates are in collection order, oldest first.
 
-    "entropy" / "perplexity": argmin of `scores`, one per candidate, computed by the caller under
-        the current policy (token-mean entropy, or exp(-token-mean log-prob)); lower = more confident.
+    "entropy" / "entropy_sum" / "perplexity": argmin of `scores`, one per candidate, computed by the
+        caller under the current policy (token-mean or summed entropy, or exp(-token-mean log-prob));
+        lower = more confident.
     "stored_entropy": argmin of the token-mean entropy recorded when the trajectory was collected.
     "recent": the most recently collected candidate.
     "random": uniform over the candidates.

@@ -26,7 +26,7 @@ from functools import partial
 import torch
 from tensordict import TensorDict
 
-from exgrpo_verl.algorithm import mixed_policy_token_loss
+from exgrpo_verl.algorithm import mixed_policy_token_loss, release_token_mean, release_token_sum
 from exgrpo_verl.config import ExGRPOLossConfig
 from verl.trainer.ppo.core_algos import agg_loss, kl_penalty
 from verl.utils.metric import AggregationType, Metric
@@ -44,15 +44,21 @@ REPLAY_SHAPED_WEIGHT_MEAN = "exgrpo/replay_shaped_weight_mean"
 def make_actor_loss_fn(actor_config: ActorConfig, loss_config: ExGRPOLossConfig, *, replay_started: bool) -> partial:
     """The worker loss for the current phase, ready for `actor_rollout_wg.set_loss_fn`.
 
-    During warm-up (replay not started) fresh tokens use PPO's clip; once replay has started the
-    clip is removed, unless loss_config.clip_on_policy_after_start. A module-level function bound
-    to plain values, so the partial pickles to the Ray workers.
+    During warm-up (replay not started) fresh tokens use PPO's clip (with verl's dual clip unless
+    loss_config.warmup_dual_clip is off); once replay has started the clip is removed, unless
+    loss_config.clip_on_policy_after_start. A module-level function bound to plain values, so the
+    partial pickles to the Ray workers.
     """
+    if loss_config.aggregation == "release" and actor_config.loss_scale_factor is None:
+        raise ValueError("exgrpo.loss.aggregation=release divides token sums by the maximum response length: set "
+                         "actor_rollout_ref.actor.loss_scale_factor=${data.max_response_length}")
     return partial(
         exgrpo_actor_loss,
         config=actor_config,
         shaping_beta=loss_config.shaping_beta if loss_config.policy_shaping else None,
         clip_on_policy=not replay_started or loss_config.clip_on_policy_after_start,
+        dual_clip=replay_started or loss_config.warmup_dual_clip,
+        release_world_size=loss_config.release_world_size if loss_config.aggregation == "release" else None,
     )
 
 
@@ -64,27 +70,53 @@ def exgrpo_actor_loss(
     *,
     shaping_beta: float | None,
     clip_on_policy: bool,
+    dual_clip: bool = True,
+    release_world_size: int | None = None,
 ):
-    """ExGRPO's mixed-policy actor loss on one micro-batch; verl's ppo_loss with the policy term replaced.
+    """ExGRPO's mixed-policy actor loss on one micro-batch, in the stages of verl's ppo_loss:
 
-    policy term: `mixed_policy_token_loss` (PPO surrogate on fresh rows, -A f(w) on replayed rows),
-        aggregated with verl's agg_loss and config.loss_agg_mode over the global batch;
-    rollout_is_weights (verl's rollout correction), when present, multiply fresh tokens only: a
-        replayed token's f(w) already corrects for the policy that generated it (and verl's weight
-        for that row compares the stored log-probs, held as both rollout and old log-probs, with
-        themselves);
-    minus entropy_coeff * entropy, plus kl_loss_coef * KL(ref) when use_kl_loss, as ppo_loss.
+    1. global-batch normalisation (`_global_batch_info`), as ppo_loss;
+    2. policy term (`_policy_term`): `mixed_policy_token_loss`, PPO surrogate on fresh rows and
+       -A f(w) on replayed rows, aggregated over the global batch;
+    3. minus entropy_coeff * entropy, plus kl_loss_coef * KL(ref) when use_kl_loss (`_aggregate`).
+
+    Aggregation is verl's agg_loss with config.loss_agg_mode, or with release_world_size = R the
+    authors' release's: policy token sums x dp / (R L_max) and entropy token means x dp / R per
+    micro-batch (algorithm.release_token_sum / release_token_mean), L_max = config.loss_scale_factor.
 
     Returns:
         (loss, metrics) as the engine expects.
     """
     log_prob = no_padding_2_padding(model_output["log_probs"], data)
     entropy = model_output.get("entropy", None)
-    if entropy is not None:
-        entropy = no_padding_2_padding(entropy, data)
+    loss_aggregation = _global_batch_info(config, data)
+    fields = ["response_mask", "old_log_probs", "advantages"]
+    fields += [key for key in ("rollout_is_weights", "ref_log_prob") if key in data.keys()]
+    padded = data.select(*fields).to_padded_tensor()
+    response_mask = padded["response_mask"].to(torch.bool)
 
-    # Normalise over the global mini-batch, as ppo_loss does; with it, each micro-batch's loss is a
-    # partial sum, so loss metrics are SUM-aggregated over micro-batches.
+    def aggregate(values: torch.Tensor, kind: str) -> torch.Tensor:
+        return _aggregate(values, response_mask, kind, config, data["dp_size"], release_world_size)
+
+    pg_loss, metrics = _policy_term(config, log_prob, padded, data, aggregate,
+                                    shaping_beta=shaping_beta, clip_on_policy=clip_on_policy, dual_clip=dual_clip)
+    metrics["actor/pg_loss"] = Metric(loss_aggregation, pg_loss)
+    policy_loss = pg_loss
+    if entropy is not None:
+        entropy_loss = aggregate(no_padding_2_padding(entropy, data), "entropy")
+        policy_loss = policy_loss - config.entropy_coeff * entropy_loss
+        metrics["actor/entropy_loss"] = Metric(loss_aggregation, entropy_loss)
+    if config.use_kl_loss:
+        kl_loss = aggregate(kl_penalty(logprob=log_prob, ref_logprob=padded["ref_log_prob"], kl_penalty=config.kl_loss_type), "kl")
+        policy_loss = policy_loss + config.kl_loss_coef * kl_loss
+        metrics["kl_loss"] = Metric(loss_aggregation, kl_loss)
+        metrics["kl_coef"] = config.kl_loss_coef
+    return policy_loss, metrics
+
+
+def _global_batch_info(config: ActorConfig, data: TensorDict) -> AggregationType:
+    """Normalise over the global mini-batch, as ppo_loss does; with it, each micro-batch's loss is
+    a partial sum, so loss metrics are SUM-aggregated over micro-batches (else MEAN)."""
     config.global_batch_info["dp_size"] = data["dp_size"]
     config.global_batch_info["batch_num_tokens"] = data["batch_num_tokens"]
     config.global_batch_info["global_batch_size"] = data["global_batch_size"]
@@ -95,69 +127,62 @@ def exgrpo_actor_loss(
         or data["global_batch_size"] is not None
         or config.loss_scale_factor is not None
     )
-    loss_aggregation = AggregationType.SUM if global_normalisation else AggregationType.MEAN
+    return AggregationType.SUM if global_normalisation else AggregationType.MEAN
 
+
+def _aggregate(values, mask, kind: str, config: ActorConfig, dp_size: int, release_world_size: int | None) -> torch.Tensor:
+    """One micro-batch's share of a loss term: verl's agg_loss, or the release's scale (see exgrpo_actor_loss)."""
+    if release_world_size is None:
+        return agg_loss(loss_mat=values, loss_mask=mask, loss_agg_mode=config.loss_agg_mode, **config.global_batch_info)
+    if kind == "entropy":
+        return release_token_mean(values, mask, dp_size=dp_size, release_world_size=release_world_size)
+    return release_token_sum(values, mask, dp_size=dp_size, release_world_size=release_world_size,
+                             max_response_length=config.loss_scale_factor)
+
+
+def _is_replay(data: TensorDict, device) -> torch.Tensor:
+    """The (bsz,) replay flags of the micro-batch (absent: every row is fresh)."""
     is_replay = data["is_replay"] if "is_replay" in data.keys() else torch.zeros(data.batch_size[0])
     if is_replay.shape != (data.batch_size[0],):
         raise ValueError(f"is_replay must have shape (bsz,) = ({data.batch_size[0]},), got {tuple(is_replay.shape)}")
-    is_replay = is_replay.to(device=log_prob.device, dtype=torch.bool)
+    return is_replay.to(device=device, dtype=torch.bool)
 
-    fields = ["response_mask", "old_log_probs", "advantages"]
-    fields += [key for key in ("rollout_is_weights", "ref_log_prob") if key in data.keys()]
-    padded = data.select(*fields).to_padded_tensor()
+
+def _policy_term(config: ActorConfig, log_prob, padded, data, aggregate, *, shaping_beta, clip_on_policy, dual_clip):
+    """The aggregated policy loss and its metrics (clip fractions and ppo_kl over fresh tokens only).
+
+    rollout_is_weights (verl's rollout correction), when present, multiply fresh tokens only: a
+    replayed token's f(w) already corrects for the policy that generated it (and verl's weight
+    for that row compares the stored log-probs, held as both rollout and old log-probs, with
+    themselves).
+    """
     response_mask = padded["response_mask"].to(torch.bool)
-    advantages = padded["advantages"]
+    is_replay = _is_replay(data, log_prob.device)
     replayed_tokens = response_mask & is_replay.unsqueeze(-1)
     fresh_tokens = response_mask & ~is_replay.unsqueeze(-1)
-
-    clip_ratio_low = config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio
-    clip_ratio_high = config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio
-    token = mixed_policy_token_loss(
+    per_token = mixed_policy_token_loss(
         log_prob,
         padded["old_log_probs"],
-        advantages,
+        padded["advantages"],
         is_replay,
         shaping_beta=shaping_beta,
         clip_on_policy=clip_on_policy,
-        clip_ratio_low=clip_ratio_low,
-        clip_ratio_high=clip_ratio_high,
-        clip_ratio_c=config.clip_ratio_c,
+        clip_ratio_low=config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio,
+        clip_ratio_high=config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio,
+        clip_ratio_c=config.clip_ratio_c if dual_clip else None,
     )
-    pg_losses = token.loss
+    pg_losses = per_token.loss
     if "rollout_is_weights" in padded.keys():
         pg_losses = torch.where(fresh_tokens, pg_losses * padded["rollout_is_weights"], pg_losses)
-    pg_loss = agg_loss(
-        loss_mat=pg_losses, loss_mask=response_mask, loss_agg_mode=config.loss_agg_mode, **config.global_batch_info
-    )
-    policy_loss = pg_loss
-
     metrics = {
-        "actor/pg_loss": Metric(loss_aggregation, pg_loss),
-        "actor/pg_clipfrac": Metric(AggregationType.MEAN, masked_mean(token.clipped.float(), fresh_tokens)),
-        "actor/pg_clipfrac_lower": Metric(AggregationType.MEAN, masked_mean(token.clipped_lower.float(), fresh_tokens)),
-        "actor/ppo_kl": Metric(AggregationType.MEAN, masked_mean(-token.log_ratio, fresh_tokens)),
+        "actor/pg_clipfrac": Metric(AggregationType.MEAN, masked_mean(per_token.clipped.float(), fresh_tokens)),
+        "actor/pg_clipfrac_lower": Metric(AggregationType.MEAN, masked_mean(per_token.clipped_lower.float(), fresh_tokens)),
+        "actor/ppo_kl": Metric(AggregationType.MEAN, masked_mean(-per_token.log_ratio, fresh_tokens)),
         REPLAY_TOKEN_FRACTION: _per_response_token(replayed_tokens.float(), replayed_tokens, response_mask, data),
-        REPLAY_WEIGHT_SUM: _per_response_token(token.ratio, replayed_tokens, response_mask, data),
-        REPLAY_SHAPED_WEIGHT_SUM: _per_response_token(token.shaped_weight, replayed_tokens, response_mask, data),
+        REPLAY_WEIGHT_SUM: _per_response_token(per_token.ratio, replayed_tokens, response_mask, data),
+        REPLAY_SHAPED_WEIGHT_SUM: _per_response_token(per_token.shaped_weight, replayed_tokens, response_mask, data),
     }
-
-    # Entropy bonus and KL loss exactly as ppo_loss adds them.
-    if entropy is not None:
-        entropy_loss = agg_loss(
-            loss_mat=entropy, loss_mask=response_mask, loss_agg_mode=config.loss_agg_mode, **config.global_batch_info
-        )
-        policy_loss = policy_loss - config.entropy_coeff * entropy_loss
-        metrics["actor/entropy_loss"] = Metric(loss_aggregation, entropy_loss)
-    if config.use_kl_loss:
-        kld = kl_penalty(logprob=log_prob, ref_logprob=padded["ref_log_prob"], kl_penalty=config.kl_loss_type)
-        kl_loss = agg_loss(
-            loss_mat=kld, loss_mask=response_mask, loss_agg_mode=config.loss_agg_mode, **config.global_batch_info
-        )
-        policy_loss = policy_loss + config.kl_loss_coef * kl_loss
-        metrics["kl_loss"] = Metric(loss_aggregation, kl_loss)
-        metrics["kl_coef"] = config.kl_loss_coef
-
-    return policy_loss, metrics
+    return aggregate(pg_losses, "policy"), metrics
 
 
 def _per_response_token(

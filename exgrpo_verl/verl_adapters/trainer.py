@@ -26,6 +26,7 @@ import logging
 import os
 import uuid
 from collections import defaultdict
+from functools import partial
 
 import numpy as np
 import torch
@@ -38,8 +39,9 @@ from exgrpo_verl.algorithm import trajectory_selection_score
 from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 from exgrpo_verl.data.rows import row_index
 from exgrpo_verl.experience import ExperienceBuffer
-from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate
+from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate, stores_successes
 from exgrpo_verl.verl_adapters import checkpoint, reward_manager
+from exgrpo_verl.verl_adapters.grad_norm_guard import SKIPPED_METRIC, with_max_grad_norm
 from exgrpo_verl.verl_adapters.loss import make_actor_loss_fn, replay_weight_means
 from exgrpo_verl.verl_adapters.rows import (
     STEP_FIELDS,
@@ -58,6 +60,7 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.dataset.rl_dataset import collate_fn
 from verl.utils.debug import marked_timer
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import response_from_nested
 
 logger = logging.getLogger(__name__)
@@ -121,13 +124,16 @@ class ExGRPOTrainer(PPOTrainerSync):
         self._install_loss()
 
     def _install_loss(self):
-        """Our worker loss, for the current phase (the on-policy clip goes when replay starts)."""
-        if not self.settings.enabled:
-            return  # rho = 0: plain GRPO with verl's own loss
+        """Our worker loss, for the current phase (the on-policy clip goes when replay starts),
+        carrying the gradient-norm threshold to the engine (grad_norm_guard)."""
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
-        self.actor_rollout_wg.set_loss_fn(
-            make_actor_loss_fn(actor_config, self.settings.loss, replay_started=self.replay_started)
-        )
+        if self.settings.enabled:
+            loss_fn = make_actor_loss_fn(actor_config, self.settings.loss, replay_started=self.replay_started)
+        elif self.settings.max_grad_norm is not None:
+            loss_fn = partial(ppo_loss, config=actor_config)  # rho = 0: verl's own loss, as its worker builds it
+        else:
+            return  # rho = 0: plain GRPO with verl's own loss
+        self.actor_rollout_wg.set_loss_fn(with_max_grad_norm(loss_fn, self.settings.max_grad_norm))
 
     # ---- 1. which prompts this step ----------------------------------------------------------
     def prepare_step(self) -> dict:
@@ -328,7 +334,8 @@ class ExGRPOTrainer(PPOTrainerSync):
 
         was_started = self.replay_started
         self.replay_started = replay_starts(was_started, step_solve_rate, self.settings.start_solve_rate, self.settings.replay_ratio)
-        store = self.replay_started or self.settings.collect_during_warmup
+        store = stores_successes(was_started, self.replay_started, self.settings.collect_during_warmup,
+                                 self.settings.store_from_switch_step)
         self.experience.update(self.global_steps, groups, store=store)
         if self.replay_started and not was_started:
             logger.info("ExGRPO: solve rate %.3f > %.3f at step %d: replay starts", step_solve_rate, self.settings.start_solve_rate, self.global_steps)
@@ -341,6 +348,8 @@ class ExGRPOTrainer(PPOTrainerSync):
         if "exgrpo/selection_tokens" in metrics:
             metrics["exgrpo/selection_token_fraction"] = metrics["exgrpo/selection_tokens"] / max(metrics["exgrpo/old_log_prob_tokens"], 1)
         metrics.update({key.replace("actor/exgrpo/", "exgrpo/"): value for key, value in replay_weight_means(metrics).items()})
+        if "actor/" + SKIPPED_METRIC in metrics:
+            metrics[SKIPPED_METRIC] = metrics.pop("actor/" + SKIPPED_METRIC)
 
     def _eos_token_ids(self) -> set[int]:
         """Tokens that end a response: the tokenizer's EOS and the generation config's."""

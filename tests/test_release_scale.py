@@ -1,0 +1,165 @@
+"""The release's gradient scale and entropy weight (`exgrpo.loss.aggregation=release`).
+
+A fixed batch of fresh and replayed rows is split into data-parallel ranks and micro-batches
+as verl's engine splits it; our loss runs on each engine-shaped micro-batch and backpropagates,
+and the gradient is averaged over ranks as FSDP averages it. A hand-written release formula
+(ExGRPO's release: per micro-batch, token losses summed / L_max minus 0.001 x the micro-batch's
+token-mean entropy; micro-batches summed; gradients averaged over its 8 ranks) runs on the same
+batch. The per-token log-probs and entropies are the leaves, so their gradients are the per-token
+weights themselves.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from exgrpo_verl.config import ExGRPOLossConfig
+from exgrpo_verl.verl_adapters.loss import make_actor_loss_fn
+from verl.utils import tensordict_utils as tu
+from verl.workers.config import ActorConfig
+
+L_MAX, RELEASE_RANKS, ENTROPY_COEFF, BETA = 16, 8, 0.001, 0.1
+ROWS, MICRO_BATCH_ROWS = 32, 2
+
+
+def _batch():
+    """32 rows (every 4th replayed), lengths 1..L_MAX, advantages in [-1, 1], log-ratios up to e^+-0.5."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, L_MAX + 1, (ROWS,), generator=g).tolist()
+    tokens = sum(lengths)
+    return {
+        "lengths": lengths,
+        "prompt_lengths": torch.randint(1, 6, (ROWS,), generator=g).tolist(),
+        "advantages": (2 * torch.rand(ROWS, generator=g, dtype=torch.float64) - 1),
+        "is_replay": torch.tensor([int(i % 4 == 3) for i in range(ROWS)]),
+        "old_log_probs": -3 * torch.rand(tokens, generator=g, dtype=torch.float64),
+        "log_ratio": torch.rand(tokens, generator=g, dtype=torch.float64) - 0.5,
+        "entropy": 2 * torch.rand(tokens, generator=g, dtype=torch.float64),
+    }
+
+
+def _leaves(batch):
+    log_prob = (batch["old_log_probs"] + batch["log_ratio"]).clone().requires_grad_()
+    entropy = batch["entropy"].clone().requires_grad_()
+    return log_prob, entropy
+
+
+def _spans(batch):
+    offsets = np.cumsum([0] + batch["lengths"])
+    return [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def _engine_micro_batch(batch, rows, log_prob, entropy, dp_size):
+    """(model_output, data) for `rows`, as FSDPEngineWithLMHead hands them to the loss: outputs over
+    the whole sequence, shifted by one (response token t at position prompt_len - 1 + t)."""
+    spans = _spans(batch)
+
+    def over_sequence(leaf):
+        seqs = [torch.cat([torch.zeros(batch["prompt_lengths"][i] - 1, dtype=leaf.dtype), leaf[spans[i]],
+                           torch.zeros(1, dtype=leaf.dtype)]) for i in rows]
+        offsets = torch.tensor([0] + [len(s) for s in seqs]).cumsum(0)
+        return torch.nested.nested_tensor_from_jagged(torch.cat(seqs), offsets)
+
+    def jagged(tensors):
+        return torch.nested.as_nested_tensor(tensors, layout=torch.jagged)
+
+    prompts = [torch.ones(batch["prompt_lengths"][i], dtype=torch.int64) for i in rows]
+    responses = [torch.ones(batch["lengths"][i], dtype=torch.int64) for i in rows]
+    data = tu.get_tensordict(
+        {
+            "prompts": jagged(prompts),
+            "responses": jagged(responses),
+            "input_ids": jagged([torch.cat(pr) for pr in zip(prompts, responses)]),
+            "response_mask": jagged([torch.ones(batch["lengths"][i], dtype=torch.int64) for i in rows]),
+            "old_log_probs": jagged([batch["old_log_probs"][spans[i]] for i in rows]),
+            "advantages": jagged([batch["advantages"][i].expand(batch["lengths"][i]).clone() for i in rows]),
+            "is_replay": batch["is_replay"][rows],
+        },
+        non_tensor_dict={"dp_size": dp_size, "batch_num_tokens": sum(batch["lengths"]), "global_batch_size": ROWS},
+    )
+    return {"log_probs": over_sequence(log_prob), "entropy": over_sequence(entropy)}, data
+
+
+def _micro_batches(ranks: int) -> list[list[list[int]]]:
+    """Rows of each rank (contiguous), cut into micro-batches of MICRO_BATCH_ROWS rows."""
+    per_rank = ROWS // ranks
+    return [[list(range(start, min(start + MICRO_BATCH_ROWS, stop)))
+             for start in range(stop - per_rank, stop, MICRO_BATCH_ROWS)]
+            for stop in range(per_rank, ROWS + 1, per_rank)]
+
+
+def our_gradients(batch, dp_size: int, aggregation: str, replay_started: bool = True):
+    """Gradients of our loss on the leaves: summed over micro-batches, averaged over dp ranks."""
+    actor = ActorConfig(strategy="fsdp", rollout_n=4, ppo_micro_batch_size_per_gpu=MICRO_BATCH_ROWS,
+                        loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=L_MAX,
+                        entropy_coeff=ENTROPY_COEFF, use_kl_loss=False, clip_ratio=0.2)
+    loss_fn = make_actor_loss_fn(actor, ExGRPOLossConfig(shaping_beta=BETA, aggregation=aggregation,
+                                                         release_world_size=RELEASE_RANKS), replay_started=replay_started)
+    log_prob, entropy = _leaves(batch)
+    for rank in _micro_batches(dp_size):
+        for rows in rank:
+            model_output, data = _engine_micro_batch(batch, rows, log_prob, entropy, dp_size)
+            loss, _ = loss_fn(model_output=model_output, data=data)
+            loss.backward()
+    return log_prob.grad / dp_size, entropy.grad / dp_size
+
+
+def release_gradients(batch):
+    """The release's formula, written out: 8 ranks, per micro-batch
+    sum_t(-A_t g(ratio_t)) / L_max - 0.001 * mean_t H_t, g = f(w) = w / (w + 0.1) on replayed rows
+    and the unclipped ratio on fresh rows (replay has started); gradients averaged over ranks."""
+    log_prob, entropy = _leaves(batch)
+    spans = _spans(batch)
+    total = 0.0
+    for rank in _micro_batches(RELEASE_RANKS):
+        rank_loss = 0.0
+        for rows in rank:
+            token_loss, entropies = [], []
+            for i in rows:
+                ratio = torch.exp(log_prob[spans[i]] - batch["old_log_probs"][spans[i]])
+                weight = ratio / (ratio + BETA) if batch["is_replay"][i] else ratio
+                token_loss.append(-batch["advantages"][i] * weight)
+                entropies.append(entropy[spans[i]])
+            rank_loss = rank_loss + torch.cat(token_loss).sum() / L_MAX - ENTROPY_COEFF * torch.cat(entropies).mean()
+        total = total + rank_loss / RELEASE_RANKS
+    total.backward()
+    return log_prob.grad, entropy.grad
+
+
+@pytest.mark.parametrize("dp_size", [RELEASE_RANKS, 2, 1])
+def test_release_aggregation_gives_the_releases_gradient_on_every_token(dp_size):
+    batch = _batch()
+    ours_log_prob, ours_entropy = our_gradients(batch, dp_size, "release")
+    release_log_prob, release_entropy = release_gradients(batch)
+    torch.testing.assert_close(ours_log_prob, release_log_prob, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(ours_entropy, release_entropy, rtol=1e-9, atol=1e-15)
+
+
+def test_verls_aggregation_is_smaller_by_the_rows_per_release_rank():
+    """seq-mean-token-sum-norm weighs a token 1 / (rows x L_max), the release 1 / (8 x L_max)."""
+    batch = _batch()
+    verl_log_prob, verl_entropy = our_gradients(batch, 1, "verl")
+    release_log_prob, release_entropy = release_gradients(batch)
+    torch.testing.assert_close(verl_log_prob * ROWS / RELEASE_RANKS, release_log_prob, rtol=1e-9, atol=1e-15)
+    assert not torch.allclose(verl_entropy * ROWS / RELEASE_RANKS, release_entropy)  # entropy: a per-micro-batch mean
+
+
+def test_measured_per_token_weights():
+    """The per-token policy weight d loss / d(-A r) on fresh tokens at r = 1, and the entropy weight."""
+    batch = _batch()
+    batch["log_ratio"] = torch.zeros_like(batch["log_ratio"])  # r = 1: d(-A r)/d logp = -A
+    fresh = torch.cat([torch.full((n,), not bool(flag)) for n, flag in zip(batch["lengths"], batch["is_replay"])])
+    advantage = torch.cat([a.expand(n) for a, n in zip(batch["advantages"], batch["lengths"])])
+    release_log_prob, _ = release_gradients(batch)
+    ours_log_prob, _ = our_gradients(batch, 2, "release")
+    verl_log_prob, _ = our_gradients(batch, 2, "verl")
+    for grad, expected in ((release_log_prob, 1 / (RELEASE_RANKS * L_MAX)), (ours_log_prob, 1 / (RELEASE_RANKS * L_MAX)),
+                           (verl_log_prob, 1 / (ROWS * L_MAX))):
+        weights = (grad / -advantage)[fresh]
+        torch.testing.assert_close(weights, torch.full_like(weights, expected), rtol=1e-9, atol=0)
+
+
+def test_release_aggregation_needs_the_length_normaliser():
+    actor = ActorConfig(strategy="fsdp", rollout_n=4, ppo_micro_batch_size_per_gpu=2, loss_scale_factor=None)
+    with pytest.raises(ValueError, match="actor_rollout_ref.actor.loss_scale_factor"):
+        make_actor_loss_fn(actor, ExGRPOLossConfig(aggregation="release"), replay_started=True)
