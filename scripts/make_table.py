@@ -5,6 +5,8 @@
 
 Writes results.md, results.tex and results.png to --out. Columns: the six in-distribution
 benchmarks, their average, the three out-of-distribution ones, their average (accuracy, %).
+Each run's row counts the grader its evaluation counted (the paper's boxed grader by default);
+a second row per run re-scores the maths with --also-grader (default math_verify; "none": no row).
 An average over fewer benchmarks than the paper's is marked with a dagger. The paper's rows
 for --paper-model: its headline averages for on-policy RLVR and ExGRPO, and for
 Qwen2.5-Math-7B also ExGRPO's per-benchmark numbers.
@@ -17,11 +19,13 @@ import json
 import math
 from pathlib import Path
 
+from exgrpo_verl.evaluation.graders import MATH_GRADERS
 from exgrpo_verl.evaluation.metrics import (
     IN_DISTRIBUTION,
     OUT_OF_DISTRIBUTION,
     PAPER_AVERAGES_PCT,
     PAPER_QWEN_MATH_7B_EXGRPO_PCT,
+    domain_averages,
 )
 
 IN_AVERAGE, OOD_AVERAGE = "In-dist avg", "OOD avg"
@@ -34,15 +38,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--run", action="append", required=True, help="LABEL=summary.json, or summary.json")
     parser.add_argument("--paper-model", default="Qwen2.5-Math-7B", choices=sorted(PAPER_AVERAGES_PCT))
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--also-grader", choices=[*MATH_GRADERS, "none"], default="math_verify")
     return parser.parse_args(argv)
 
 
-def run_row(summary: dict) -> dict[str, tuple[float, bool]]:
-    """A run's cells: column -> (accuracy %, partial)."""
-    benchmarks = summary["benchmarks"].items()
-    cells = {name: (100 * result["accuracy"], False) for name, result in benchmarks if name in COLUMNS}
+def run_row(summary: dict, math_grader: str | None = None) -> dict[str, tuple[float, bool]]:
+    """A run's cells: column -> (accuracy %, partial). math_grader: re-score the benchmarks that
+    counted a maths grader with this one (from the summary's accuracy_by_grader)."""
+    accuracies = {}
+    for name, result in summary["benchmarks"].items():
+        regraded = math_grader is not None and result["grader"] in MATH_GRADERS
+        accuracies[name] = result["accuracy_by_grader"][math_grader] if regraded else result["accuracy"]
+    cells = {name: (100 * accuracy, False) for name, accuracy in accuracies.items() if name in COLUMNS}
+    averages = domain_averages(accuracies)
     for column, domain in ((IN_AVERAGE, "in_distribution"), (OOD_AVERAGE, "out_of_distribution")):
-        average = summary["averages"][domain]
+        average = averages[domain]
         if average["accuracy"] is not None:
             cells[column] = (100 * average["accuracy"], bool(average["missing"]))
     return cells
@@ -114,7 +124,10 @@ def main(argv=None) -> None:
     for run in args.run:
         label, _, path = run.rpartition("=")
         summary = json.loads(Path(path).read_text())
-        rows.append((label or Path(path).parent.name, run_row(summary)))
+        label = label or Path(path).parent.name
+        rows.append((label, run_row(summary)))
+        if args.also_grader != "none":
+            rows.append((f"{label} [{args.also_grader}]", run_row(summary, args.also_grader)))
     rows += paper_rows(args.paper_model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -246,3 +246,33 @@ def test_importing_the_data_package_does_not_import_datasets():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_prepare_data_writes_the_releases_validation_mix(tmp_path, tiny_qwen2, load_script):
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    load_script("prepare_data").main(["--dataset", "valid", "--out", str(tmp_path)])
+    path = tmp_path / "math_valid.parquet"
+    rows = pd.read_parquet(path)
+    assert len(rows) == 2259
+    assert rows["data_source"].value_counts().to_dict() == {
+        "olympiad_bench": 675, "math": 500, "amc": 332, "minerva": 272, "aime": 240, "aime25": 240
+    }
+    config = OmegaConf.create({"prompt_key": "prompt", "max_prompt_length": 4096, "filter_overlong_prompts": False})
+    dataset = RLHFDataset(str(path), AutoTokenizer.from_pretrained(tiny_qwen2), config)
+    assert len(dataset) == 2259 and dataset[0]["data_source"] == rows["data_source"][0]
+
+
+def test_validation_mix_check_names_what_is_off(load_script, eval_data_dir):
+    prepare = load_script("prepare_data")
+    rows = pd.read_parquet(eval_data_dir / "math_valid.parquet")
+    prepare.check_validation_mix(rows, eval_data_dir / "math_valid.parquet")
+    first_amc = rows.index[rows["data_source"] == "amc"][0]
+    with pytest.raises(RowValidationError, match=r"'amc': \(83, 331\).*expected the release's.*fix: restore"):
+        prepare.check_validation_mix(rows.drop(first_amc), eval_data_dir / "math_valid.parquet")
+    broken = rows.copy()
+    broken.at[5, "reward_model"] = {"ground_truth": "", "style": "rule"}
+    with pytest.raises(RowValidationError, match="row 5: reward_model.ground_truth"):
+        prepare.check_validation_mix(broken, eval_data_dir / "math_valid.parquet")

@@ -104,10 +104,27 @@ def test_table_and_plot(evaluated, load_script, tmp_path):
     out, _ = evaluated
     load_script("make_table").main(["--run", f"tiny={out / 'summary.json'}", "--out", str(tmp_path)])
     markdown = (tmp_path / "results.md").read_text()
-    assert "| tiny | 0.0 |" in markdown
+    assert "| tiny | 0.0 |" in markdown and "| tiny [math_verify] | 0.0 |" in markdown
     paper_row = "31.6 | 18.7 | 66.3 | 87.4 | 36.0 | 50.1 | 48.3 | 84.7 | 37.4 | 52.9 | 58.3"
     assert f"| paper: ExGRPO Qwen2.5-Math-7B | {paper_row} |" in markdown
     assert "0.0\u2020 |" in markdown  # the OOD average lacks GPQA and MMLU-Pro
     latex = (tmp_path / "results.tex").read_text()
     assert latex.startswith("\\begin{tabular}{l" + "r" * 11 + "}") and "0.0$^\\dagger$" in latex
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_rescores_maths_with_the_other_grader(load_script):
+    def benchmark(accuracy, grader, by_grader):
+        return {"accuracy": accuracy, "grader": grader, "accuracy_by_grader": by_grader}
+
+    summary = {
+        "benchmarks": {
+            "AIME24": benchmark(0.5, "boxed", {"boxed": 0.5, "math_verify": 0.25}),
+            "ARC-c": benchmark(0.8, "choice", {"boxed": 0.1, "math_verify": 0.1, "choice": 0.8, "choice_lenient": 0.9}),
+        }
+    }
+    make_table = load_script("make_table")
+    counted, regraded = make_table.run_row(summary), make_table.run_row(summary, "math_verify")
+    assert counted["AIME24"] == (50.0, False) and regraded["AIME24"] == (25.0, False)
+    assert counted["ARC-c"] == regraded["ARC-c"] == (80.0, False)  # multiple choice keeps its choice grader
+    assert regraded[make_table.IN_AVERAGE] == (25.0, True)  # five in-distribution benchmarks missing
