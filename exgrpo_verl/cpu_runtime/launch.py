@@ -9,12 +9,12 @@ through here.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 
+from exgrpo_verl import metrics_history
 from exgrpo_verl.cpu_runtime import SWITCH_ENV
 
 # Settings that any CPU run needs, whatever the model and the algorithm.
@@ -130,7 +130,6 @@ def _report_new_steps(metrics_path, seen: int, on_step) -> int:
 
 
 def read_metrics(metrics_path: str) -> list[dict]:
-    """Per-step metrics written by verl's file logger, in step order."""
-    with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f if line.endswith("\n")]  # a line being written is skipped
-    return sorted(({"step": row["step"], **row["data"]} for row in rows), key=lambda row: row["step"])
+    """Per-step metrics written by verl's file logger, in step order, across resumes
+    (exgrpo_verl.metrics_history)."""
+    return metrics_history.read_history(metrics_path)
