@@ -73,3 +73,45 @@ def test_random_operations_match_a_dict_model(operations):
             dead_outside_active = sum(s.used - s.live for i, s in arena._segments.items() if i != arena._active)
             assert arena.dead <= max(COMPACTION_THRESHOLD * arena.used, 16) or dead_outside_active == 0
         assert_holds(arena, model)
+
+
+def test_a_freed_segment_is_the_spare_the_next_segment_reuses():
+    arena = TokenArena(segment_tokens=10)
+    for key in range(4):  # segments {0,1}, {2,3}; each opening prepares a touched spare
+        arena.append(key, *span(key, 5))
+    assert arena._spare is not None and not arena._spare.spans
+    arena._take_spare()  # as if it had been used up
+    first_segment = arena._segments[arena._segment_of[0]]
+    arena.release(0)
+    arena.release(1)  # the first segment empties: it becomes the spare
+    assert arena._spare is first_segment and arena.used == 10
+    arena.append(4, *span(4, 5))  # the active segment is full: the next one is the spare, not a new array
+    assert arena._segments[arena._active] is first_segment
+    assert_holds(arena, {2: 5, 3: 5, 4: 5})
+
+
+def test_reserve_hands_out_views_that_fill_the_spans_in_order():
+    arena = TokenArena(segment_tokens=10)
+    arena.append(0, *span(0, 4))
+    lengths = [3, 5, 12, 2]  # 3 fits after span 0; 5 does not (a new segment); 12 gets its own
+    destinations = arena.reserve([1, 2, 3, 4], lengths)
+    flat_tokens = np.concatenate([span(key, length)[0] for key, length in zip([1, 2, 3, 4], lengths)])
+    flat_log_probs = np.concatenate([span(key, length)[1] for key, length in zip([1, 2, 3, 4], lengths)])
+    assert sum(tokens.size for tokens, _ in destinations) == flat_tokens.size
+    start = 0
+    for tokens, log_probs in destinations:
+        tokens[:] = flat_tokens[start:start + tokens.size]
+        log_probs[:] = flat_log_probs[start:start + tokens.size]
+        start += tokens.size
+    assert_holds(arena, {0: 4, 1: 3, 2: 5, 3: 12, 4: 2})
+
+
+def test_runs_merge_adjacent_spans_and_follow_the_key_order():
+    arena = TokenArena(segment_tokens=10)
+    for key in range(5):  # {0,1,2} in the first segment (9 tokens), {3,4} in the second
+        arena.append(key, *span(key, 3))
+    runs = list(arena.runs([0, 1, 2, 3, 4]))
+    assert [tokens.size for tokens, _ in runs] == [9, 6]
+    assert [tokens.size for tokens, _ in arena.runs([1, 0, 2])] == [3, 3, 3]  # out of order: not merged
+    np.testing.assert_array_equal(np.concatenate([t for t, _ in runs]),
+                                  np.concatenate([span(key, 3)[0] for key in range(5)]))
