@@ -39,9 +39,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from . import checkpoint_layout as layout
 from .arena import TokenArena
 from .config import ExperienceConfig
-from . import checkpoint_layout as layout
 from .persistence import RESUME_ADVICE, ArrayChunks, CheckpointError, read_checkpoint, write_checkpoint
 from .pool import QuestionPool
 from .results import CheckedGroup, GroupResult, check_group
