@@ -1,6 +1,7 @@
 """The adapter's row conversions and ExGRPO's checkpoint state, on real verl row layouts."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -101,33 +102,131 @@ def _buffer_with_data(group_size=4):
     return buffer
 
 
+DATA_IDS = [0, 1, 2, 3, 4, 9]
+
+
+def _fingerprint(truths: dict[int, str] | None = None) -> checkpoint.DataFingerprint:
+    truths = {qid: f"answer {qid}" for qid in DATA_IDS} | (truths or {})
+    prompts = [[{"role": "user", "content": f"question {qid}"}] for qid in truths]
+    return checkpoint.data_fingerprint(list(truths), prompts, list(truths.values()))
+
+
+def _save(folder, buffer=None, state=None):
+    buffer = buffer or _buffer_with_data()
+    checkpoint.save_state(folder, buffer, state or checkpoint.TrainerState(True, [4, 9], 4), _fingerprint())
+    return buffer
+
+
 def test_state_round_trips_and_bad_checkpoints_are_refused(tmp_path):
-    buffer = _buffer_with_data()
-    checkpoint.save_state(tmp_path, buffer, checkpoint.TrainerState(True, [4, 9], 4))
-    restored, state = checkpoint.load_state(tmp_path, buffer.config)
+    buffer = _save(tmp_path)
+    restored, state = checkpoint.load_state(tmp_path, buffer.config, _fingerprint())
     assert state == checkpoint.TrainerState(True, [4, 9], 4)
     assert restored.metrics() == buffer.metrics()
 
     with pytest.raises(CheckpointError, match=r"resume with the same n"):
-        checkpoint.load_state(tmp_path, ExperienceConfig(group_size=8))
-    state_file = tmp_path / "exgrpo" / "trainer_state.json"
-    state_file.write_text(json.dumps({"version": 99}))
+        checkpoint.load_state(tmp_path, ExperienceConfig(group_size=8), _fingerprint())
+    manifest = tmp_path / "exgrpo" / "manifest.json"
+    manifest.write_text(json.dumps({"version": 99, "files": {}}))
     with pytest.raises(CheckpointError, match="format version 99"):
-        checkpoint.load_state(tmp_path, buffer.config)
-    state_file.write_text("{not json")
+        checkpoint.load_state(tmp_path, buffer.config, _fingerprint())
+    manifest.write_text("{not json")
     with pytest.raises(CheckpointError, match="unreadable"):
-        checkpoint.load_state(tmp_path, buffer.config)
-    with pytest.raises(CheckpointError, match="not written by an ExGRPO run"):
-        checkpoint.load_state(tmp_path / "elsewhere", buffer.config)
+        checkpoint.load_state(tmp_path, buffer.config, _fingerprint())
+    with pytest.raises(CheckpointError, match="manifest.json is missing"):
+        checkpoint.load_state(tmp_path / "elsewhere", buffer.config, _fingerprint())
+
+
+def test_a_valid_edit_of_the_trainer_state_is_refused(tmp_path):
+    """Finding 4: trainer_state.json had no checksum; flipping the phase went unnoticed."""
+    buffer = _save(tmp_path)
+    state_file = tmp_path / "exgrpo" / "trainer_state.json"
+    edited = json.loads(state_file.read_text()) | {"replay_started": False}
+    state_file.write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError, match=r"trainer_state.json: missing, or not the file the manifest .* records"):
+        checkpoint.load_state(tmp_path, buffer.config, _fingerprint())
+
+
+def test_other_training_data_under_the_same_ids_is_refused(tmp_path):
+    """Finding 4: a training file reusing the question ids applied the buffer to other questions."""
+    buffer = _save(tmp_path)
+    with pytest.raises(CheckpointError, match=r"question ids \[3\] have another prompt or ground truth .* ids \[\] are missing"):
+        checkpoint.load_state(tmp_path, buffer.config, _fingerprint({3: "another answer"}))
+    fewer = checkpoint.data_fingerprint([0, 1], [[{"role": "user", "content": f"question {q}"}] for q in (0, 1)],
+                                        ["answer 0", "answer 1"])
+    with pytest.raises(CheckpointError, match=r"ids \[2, 3, 4, 9\] are missing"):
+        checkpoint.load_state(tmp_path, buffer.config, fewer)
+    # New questions beside the saved ones are fine.
+    checkpoint.load_state(tmp_path, buffer.config, _fingerprint({77: "answer 77"}))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['EXGRPO_PAYLOAD_MARK'], 'w').write('ran')",))
+
+
+def test_a_data_loader_state_carrying_code_is_refused_before_verl_loads_it(tmp_path, monkeypatch):
+    """Finding 3: verl loads global_step_N/data.pt with weights_only=False, so a pickle payload ran."""
+    mark = tmp_path / "payload_ran"
+    monkeypatch.setenv("EXGRPO_PAYLOAD_MARK", str(mark))
+    honest = tmp_path / "honest.pt"
+    torch.save({"_sampler_iter_yielded": 3, "generator": torch.Generator().get_state(), "nested": [1, {"a": 2.5}]}, honest)
+    checkpoint.check_dataloader_state(honest)
+    evil = tmp_path / "data.pt"
+    torch.save({"state": _RunsCode()}, evil)
+    with pytest.raises(CheckpointError, match="data.pt: verl's data-loader state holds something other than tensors"):
+        checkpoint.check_dataloader_state(evil)
+    assert not mark.exists()
+
+
+def test_resume_folder_is_found_as_verl_finds_it(tmp_path):
+    from omegaconf import OmegaConf
+
+    trainer = OmegaConf.create({"resume_mode": "auto", "default_local_dir": str(tmp_path), "resume_from_path": None})
+    assert checkpoint.resume_folder(trainer) is None
+    (tmp_path / "global_step_6").mkdir()
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("6")
+    assert checkpoint.resume_folder(trainer) == str(tmp_path / "global_step_6")
+    trainer.resume_mode = "disable"
+    assert checkpoint.resume_folder(trainer) is None
 
 
 def test_state_of_checkpoints_verl_pruned_is_removed_too(tmp_path):
     buffer = _buffer_with_data()
     for step in (2, 4, 6):
-        checkpoint.save_state(tmp_path / f"global_step_{step}", buffer, checkpoint.TrainerState(False, [], 4))
+        _save(tmp_path / f"global_step_{step}", buffer)
         (tmp_path / f"global_step_{step}" / "actor").mkdir()
     (tmp_path / "global_step_2" / "actor").rmdir()  # as max_actor_ckpt_to_keep does
-    removed = checkpoint.remove_orphaned_states(tmp_path)
+    removed = checkpoint.tidy(tmp_path)
     assert removed == [tmp_path / "global_step_2" / "exgrpo"]
     assert not removed[0].exists()
     assert (tmp_path / "global_step_4" / "exgrpo" / "trainer_state.json").exists()
+
+
+def test_what_killed_saves_left_is_removed_on_the_next_save_or_load(tmp_path):
+    """Finding 5: `.experience.tmp-*` / `.experience.old-*` folders of killed saves stayed forever."""
+    buffer = _buffer_with_data()
+    for step in (1, 2):
+        _save(tmp_path / f"global_step_{step}", buffer)
+        (tmp_path / f"global_step_{step}" / "actor").mkdir()
+    state = tmp_path / "global_step_1" / "exgrpo"
+    leftovers = [state / ".experience.tmp-0a1b", state / ".experience.old-2c3d", state / ".trainer_state.json.tmp-4e5f"]
+    leftovers[0].mkdir()
+    (leftovers[0] / "tokens.npy").write_bytes(b"\0" * 1000)
+    leftovers[1].mkdir()
+    leftovers[2].write_text("{")
+    _save(tmp_path / "global_step_3", buffer)
+    assert sorted(checkpoint.tidy(tmp_path)) == sorted(leftovers)
+    assert not any(path.exists() for path in leftovers)
+
+    # A save killed between its two renames: no experience/, the earlier one set aside. Loading puts it back.
+    os.rename(state / "experience", state / ".experience.old-9f")
+    restored, _ = checkpoint.load_state(tmp_path / "global_step_1", buffer.config, _fingerprint())
+    assert restored.metrics() == buffer.metrics() and not (state / ".experience.old-9f").exists()
+
+
+def test_every_state_file_gets_the_same_permissions(tmp_path):
+    """Finding 5: trainer_state.json was written 0600 (tempfile) beside 0644 buffer files."""
+    _save(tmp_path)
+    modes = {path.relative_to(tmp_path).as_posix(): path.stat().st_mode & 0o777
+             for path in (tmp_path / "exgrpo").rglob("*") if path.is_file()}
+    assert len(set(modes.values())) == 1, modes

@@ -117,6 +117,8 @@ class ExGRPOTrainer(PPOTrainerSync):
     def _init_dataloader(self):
         super()._init_dataloader()
         self._position_of = question_positions(self.train_dataset.dataframe["extra_info"])
+        self._data_fingerprint = checkpoint.fingerprint_of_rows(list(self._position_of), self.train_dataset.dataframe,
+                                                                self.config.data.get("prompt_key", "prompt"))
 
     def on_init_end(self):
         super().on_init_end()
@@ -364,11 +366,14 @@ class ExGRPOTrainer(PPOTrainerSync):
         # it would resume from holds a complete ExGRPO state.
         folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
         state = checkpoint.TrainerState(self.replay_started, list(self._fresh_carry), self.group_size)
-        checkpoint.save_state(folder, self.experience, state)
+        checkpoint.save_state(folder, self.experience, state, self._data_fingerprint)
         super()._save_checkpoint()
-        checkpoint.remove_orphaned_states(self.config.trainer.default_local_dir)
+        checkpoint.tidy(self.config.trainer.default_local_dir)
 
     def _load_checkpoint(self):
+        resume_from = checkpoint.resume_folder(self.config.trainer)
+        if resume_from is not None:  # before verl unpickles its data-loader state
+            checkpoint.check_dataloader_state(os.path.join(resume_from, "data.pt"))
         super()._load_checkpoint()
         if self.global_steps == 0:
             return  # a new run
@@ -376,7 +381,7 @@ class ExGRPOTrainer(PPOTrainerSync):
             folder = os.path.abspath(self.config.trainer.resume_from_path)
         else:
             folder = os.path.join(os.path.abspath(self.config.trainer.default_local_dir), f"global_step_{self.global_steps}")
-        self.experience, state = checkpoint.load_state(folder, self.experience.config)
+        self.experience, state = checkpoint.load_state(folder, self.experience.config, self._data_fingerprint)
         unknown = [qid for qid in state.fresh_carry if qid not in self._position_of]
         if unknown:
             raise ValueError(
@@ -385,4 +390,5 @@ class ExGRPOTrainer(PPOTrainerSync):
             )
         self.replay_started = state.replay_started
         self._fresh_carry = state.fresh_carry
-        logger.info("ExGRPO: restored %s (replay %s)", folder, "on" if self.replay_started else "off")
+        print(f"ExGRPO: restored {folder} (replay {'on' if self.replay_started else 'off'}, "
+              f"state sha256 {checkpoint.state_digest(folder)})", flush=True)  # the fault-injection harness reads it

@@ -1,0 +1,26 @@
+"""The fault-injection harness, short: a 3-step CPU ExGRPO run with a checkpoint every step,
+SIGKILLed once at a random moment and once inside a checkpoint save, resumed each time; every
+resume must load the latest complete checkpoint with hash-equal ExGRPO state, and the run must
+finish (scripts/fault_injection.py; the long version is in the closing notes)."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+
+import fault_injection  # noqa: E402
+
+
+def test_kills_at_random_and_inside_a_save_resume_from_the_latest_complete_checkpoint(tmp_path):
+    out = tmp_path / "faults"
+    code = fault_injection.main(["--kills", "2", "--save-kills", "1", "--steps", "3", "--seed", "1",
+                                 "--random-window", "20", "60", "--out", str(out)])
+    kills = json.loads((out / "kills.json").read_text())
+    assert code == 0, (out / "table.md").read_text()
+    assert len(kills) == 2 and {k["phase"] for k in kills} == {"random", "in save"}
+    for kill in kills:
+        assert kill["resumed_from"] == kill["latest_complete"] and kill["digest_equal"] and kill["reload_equal"]
+    assert (out / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    # No temporary folder of a killed save survives the later saves.
+    assert not list((out / "checkpoints").glob("global_step_*/exgrpo/.*"))
