@@ -224,19 +224,29 @@ def build_tiny_model(spec: TinyModelSpec | None = None, out_dir: str | os.PathLi
 
     tokenizer = _build_tokenizer(spec, family)
     model = _build_model(spec, family, tokenizer)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _set_tokenizer_class(staging, family.tokenizer_class)
         (staging / _READY_MARKER).write_text(json.dumps(expected, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+
+    write_folder_atomically(out_dir, fill)
+    return out_dir
+
+
+def write_folder_atomically(folder: Path, fill) -> None:
+    """Write `folder` by calling fill(staging) on a temporary sibling and renaming it into place,
+    so a crash or a concurrent writer never leaves a half-written folder that looks complete."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        fill(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
 
 
 def _set_tokenizer_class(folder: Path, tokenizer_class: str) -> None:

@@ -105,3 +105,20 @@ def test_quick_study_runs_grpo_and_exgrpo_through_verl_and_writes_tables(tmp_pat
         assert (tmp_path / name).stat().st_size > 10_000
     evals = sorted((tmp_path / "runs" / "exgrpo-medium-s0" / "eval").glob("step_*.json"))
     assert [p.name for p in evals] == ["step_2.json", "step_4.json"]
+
+
+def test_warm_starts_are_saved_at_each_step_and_reused_from_the_cache(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from exgrpo_verl.tasks.warm_start import WarmStartSpec, warm_start, warm_starts
+
+    spec = WarmStartSpec(steps=2, batch_size=4, warmup_steps=1)
+    folders = warm_starts(spec, [1, 2], cache_dir=tmp_path, progress=False)
+    assert folders[1] != folders[2]
+    marker = folders[1] / "exgrpo_warm_start.json"
+    written = marker.stat().st_mtime_ns
+    assert warm_start(WarmStartSpec(steps=1, batch_size=4, warmup_steps=1), cache_dir=tmp_path, progress=False) == folders[1]
+    assert marker.stat().st_mtime_ns == written  # reused, not retrained
+    one, two = (AutoModelForCausalLM.from_pretrained(folders[n]) for n in (1, 2))
+    assert any(not (a == b).all() for a, b in zip(one.parameters(), two.parameters()))  # step 2 trained further
+    assert not list(tmp_path.glob(".*"))  # no staging folder left behind

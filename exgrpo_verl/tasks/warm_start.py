@@ -21,13 +21,12 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from exgrpo_verl.tasks.arithmetic import ArithmeticTask, draw_questions, prompt_messages, sample_question, solution
-from exgrpo_verl.tiny_models import TinyModelSpec, build_tiny_model, default_cache_dir
+from exgrpo_verl.tiny_models import TinyModelSpec, build_tiny_model, default_cache_dir, write_folder_atomically
 
 BUILD_VERSION = 1
 _READY_MARKER = "exgrpo_warm_start.json"
@@ -157,20 +156,15 @@ def _collate(batch, pad_id: int):
 
 
 def _save(model, tokenizer, base: Path, folder: Path, spec: WarmStartSpec, seconds: float) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    def fill(staging: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         for name in ("generation_config.json", "tokenizer_config.json"):  # the base's EOS list and tokenizer class
             shutil.copy(base / name, staging / name)
         info = {"digest": spec.digest(), "spec": asdict(spec), "train_seconds": round(seconds, 1)}
         (staging / _READY_MARKER).write_text(json.dumps(info, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    write_folder_atomically(folder, fill)
 
 
 def solve_rates(model_path: str | Path, task: ArithmeticTask, per_level: int = 50, samples: int = 4, seed: int = 7) -> dict[str, float]:
