@@ -22,6 +22,7 @@ with its traceback and re-raised: a run must never go on silently without its co
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import logging
 import sys
@@ -34,20 +35,12 @@ TRAINER_REGISTRY_MODULE = "verl.trainer.ppo.v1"
 ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"
 
 
-def _register_advantage() -> None:
-    from exgrpo_verl.verl_adapters import advantage
-
-    advantage.register()
-
-
-def _register_engine() -> None:
-    from exgrpo_verl.verl_adapters import grad_norm_guard
-
-    grad_norm_guard.register()
-
-
-def _register_trainer() -> None:
-    from exgrpo_verl.verl_adapters import trainer  # noqa: F401  (registers trainer_mode "exgrpo")
+def _import(module_name: str) -> Callable[[], None]:
+    """A callback importing one of our adapter modules; each registers itself when its import
+    completes. (When the adapter itself imported verl's registry module, this callback runs
+    while the adapter is still half-imported: importing it again is then a no-op, and the
+    adapter's own last line registers it.)"""
+    return lambda: importlib.import_module(module_name)
 
 
 class _RunAfterExecLoader(importlib.abc.Loader):
@@ -129,9 +122,9 @@ def register_all() -> None:
         from exgrpo_verl import cpu_runtime
 
         _loud(cpu_runtime.activate)()
-    when_imported(ADVANTAGE_REGISTRY_MODULE, _register_advantage)
-    when_imported(TRAINER_REGISTRY_MODULE, _register_trainer)
-    when_imported(ENGINE_MODULE, _register_engine)
+    when_imported(ADVANTAGE_REGISTRY_MODULE, _import("exgrpo_verl.verl_adapters.advantage"))
+    when_imported(TRAINER_REGISTRY_MODULE, _import("exgrpo_verl.verl_adapters.trainer"))  # registers trainer_mode "exgrpo"
+    when_imported(ENGINE_MODULE, _import("exgrpo_verl.verl_adapters.grad_norm_guard"))
 
 
 register_all()

@@ -60,3 +60,6 @@ def compute_exgrpo_outcome_advantage(
 def register() -> None:
     """Register the estimator under "exgrpo"; safe to call again (verl only rejects a different function)."""
     register_adv_est(ESTIMATOR_NAME)(compute_exgrpo_outcome_advantage)
+
+
+register()  # on import: the plugin imports this module when verl loads the registry

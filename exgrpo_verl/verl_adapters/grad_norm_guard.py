@@ -86,3 +86,6 @@ def register(devices=("cuda", "npu")) -> None:
     for backend in ("fsdp", "fsdp2"):
         for device in devices:
             EngineRegistry._engines["language_model"][backend][device] = GradNormGuardedEngine
+
+
+register()  # on import: the plugin imports this module when verl loads the registry
