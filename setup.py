@@ -25,7 +25,7 @@ setup(
     packages=find_packages(include=["exgrpo_verl", "exgrpo_verl.*"]) + ["exgrpo_verl.trainer_configs"],
     package_dir={"exgrpo_verl.trainer_configs": "trainer_configs"},
     package_data={
-        "exgrpo_verl.trainer_configs": ["*.yaml"],
+        "exgrpo_verl.trainer_configs": ["*.yaml", "preset/*.yaml"],
         # The release's evaluation files (under 1 MB): tests and prepare_data.py --dataset valid read them.
         "exgrpo_verl.data": ["eval/*.parquet", "eval/*.json", "eval/README.md"],
     },

@@ -230,5 +230,6 @@ def test_plain_clip_without_the_dual_clip():
     ratio, advantages = torch.tensor([5.0, 5.0]), torch.tensor([-1.0, 1.0])
     dual = ppo_clipped_surrogate(ratio, advantages, 0.2, 0.2, clip_ratio_c=3.0)
     plain = ppo_clipped_surrogate(ratio, advantages, 0.2, 0.2, clip_ratio_c=None)
-    assert dual.loss.tolist() == [3.0, -1.2] and dual.clipped_lower.tolist() == [True, False]
-    assert plain.loss.tolist() == [5.0, -1.2] and not plain.clipped_lower.any()
+    torch.testing.assert_close(dual.loss, torch.tensor([3.0, -1.2]))  # -A * 3 capped by the dual clip
+    torch.testing.assert_close(plain.loss, torch.tensor([5.0, -1.2]))  # without it, -A * r = 5
+    assert dual.clipped_lower.tolist() == [True, False] and not plain.clipped_lower.any()

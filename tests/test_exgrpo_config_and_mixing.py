@@ -120,7 +120,7 @@ def test_verl_options_exgrpo_would_defeat_are_refused(exgrpo_config, key, value,
 
 def test_the_release_preset_switches_every_release_variant_on():
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        release = compose(config_name="exgrpo_release")
+        release = compose(config_name="exgrpo", overrides=["+preset=release"])
     settings = check_config(release)
     assert settings.max_grad_norm == 500 and settings.store_from_switch_step is False
     assert (settings.loss.aggregation, settings.loss.release_world_size, settings.loss.warmup_dual_clip) == ("release", 8, False)
