@@ -12,6 +12,10 @@ One training step, as the trainer adapter drives it:
     buf.update(step, [GroupResult(...), ...], store=True)   # collect; accuracies, buckets, retirement
     buf.save(directory); buf = ExperienceBuffer.load(directory)
 
+With `record_operations()` on, every call that changes the buffer is also kept as an `Operation`
+(journal.py); `take_operations()` hands them over, and `replay(operations)` repeats them on the
+buffer they started from, giving back the same state: the experience log between checkpoints.
+
 What happens in `update`, per group of n rollouts with k correct (n = K, or K-1 for a replayed
 question whose replayed trajectory is not passed):
 - k == n: the question is retired for good (never sampled again; its trajectories are freed).
@@ -31,6 +35,8 @@ trajectories (see `_enforce_token_cap`), and the token arena reclaims its holes 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -42,6 +48,7 @@ import numpy as np
 from . import checkpoint_layout as layout
 from .arena import TokenArena
 from .config import ExperienceConfig
+from .journal import Operation
 from .persistence import RESUME_ADVICE, ArrayChunks, CheckpointError, read_checkpoint, write_checkpoint
 from .pool import QuestionPool
 from .results import CheckedGroup, GroupResult, check_group
@@ -125,6 +132,7 @@ class ExperienceBuffer:
         self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
         self._counters = {"collected_total": 0, "duplicates_skipped": 0, "replays_total": 0}
         self._replayed_stored = 0  # stored trajectories replayed at least once
+        self._operations: list[Operation] | None = None  # None: not recording
 
     # ---- collect ---------------------------------------------------------------------------
     def update(self, step: int, groups: Sequence[GroupResult], store: bool = True) -> None:
@@ -137,7 +145,15 @@ class ExperienceBuffer:
             raise ValueError(f"update: step={step!r} must be an int >= the previous step {self.step}")
         require_entropies = store and self.config.selection_metric == "stored_entropy"
         checked = [check_group(group, self.config.group_size, require_entropies) for group in groups]
-        self.step = int(step)
+        if not store:  # nothing of them is stored: the log need not carry the rollouts
+            checked = [copy.copy(group) for group in checked]
+            for group in checked:
+                group.storable = []
+        self._record("update", step=int(step), groups=checked, store=bool(store))
+        self._apply_step(int(step), checked, store)
+
+    def _apply_step(self, step: int, checked: Sequence[CheckedGroup], store: bool) -> None:
+        self.step = step
         for group in checked:
             self._apply(group, store)
         self._evict_stale()
@@ -247,6 +263,7 @@ class ExperienceBuffer:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"sample_questions: n={n!r} must be an int >= 0")
         cfg = self.config
+        self._record("sample_questions", n=int(n))
         return sample_questions(self._pool, int(n), cfg.question_sampling, cfg.bucket_mu, cfg.sigma, self._rng)
 
     def _candidate_records(self, qid: int) -> list[_Stored]:
@@ -276,6 +293,8 @@ class ExperienceBuffer:
             records = [r for r in records if r.id in allowed]
         if not records:
             raise ValueError(f"select: question {qid} has no stored trajectories" + ("" if among is None else " among those given"))
+        self._record("select", qid=int(qid), scores=None if scores is None else np.asarray(scores, dtype=np.float64),
+                     among=None if among is None else [int(i) for i in among])
         index = select_index(self.config.selection_metric, [r.entropy_mean for r in records], scores, self._rng)
         return self._view(records[index])
 
@@ -289,6 +308,7 @@ class ExperienceBuffer:
             if record is None:
                 raise ValueError(f"mark_replayed: trajectory {traj_id} is not stored (never collected or evicted)")
             records.append(record)
+        self._record("mark_replayed", traj_ids=[record.id for record in records], step=int(step))
         for record in records:
             self._replayed_stored += record.replay_count == 0
             record.replay_count += 1
@@ -349,6 +369,47 @@ class ExperienceBuffer:
         for reason, count in self._evictions.items():
             metrics[f"evicted/{reason}"] = count
         return {key: float(value) for key, value in metrics.items()}
+
+    # ---- the experience log ------------------------------------------------------------------
+    def record_operations(self) -> None:
+        """From now on, keep every call that changes the buffer (see `take_operations`)."""
+        self._operations = []
+
+    def take_operations(self) -> list[Operation]:
+        """The calls kept since the previous take, oldest first."""
+        if self._operations is None:
+            raise RuntimeError("take_operations: call record_operations() first")
+        operations, self._operations = self._operations, []
+        return operations
+
+    def replay(self, operations: Sequence[Operation]) -> None:
+        """Repeat recorded calls in order (not recording them again)."""
+        recording, self._operations = self._operations, None
+        try:
+            for operation in operations:
+                if operation.name == "update":
+                    self._apply_step(operation.args["step"], operation.args["groups"], operation.args["store"])
+                else:
+                    getattr(self, operation.name)(**operation.args)
+        finally:
+            self._operations = recording
+
+    def _record(self, name: str, **args) -> None:
+        if self._operations is not None:
+            self._operations.append(Operation(name, args))
+
+    def state_sha256(self) -> str:
+        """SHA-256 of everything a checkpoint would hold (arrays, RNG, counters, config): equal
+        digests mean equal buffers. A pass over the stored tokens: for checks, not every step at scale."""
+        arrays, state = self._export_state()
+        digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode())
+        for name in sorted(arrays):
+            value = arrays[name]
+            pieces = value.pieces if isinstance(value, ArrayChunks) else [np.ascontiguousarray(value)]
+            digest.update(name.encode())
+            for piece in pieces:
+                digest.update(np.ascontiguousarray(piece).data)
+        return digest.hexdigest()
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

@@ -272,7 +272,11 @@ def _array_file(path: Path, sha256: str) -> ArrayFile:
         shape, fortran_order, dtype = read_header[version](f)
         if fortran_order or dtype.hasobject:
             raise ValueError(f"expected a C-order array of plain values, got fortran_order={fortran_order} {dtype}")
-        return ArrayFile(path, dtype, shape, f.tell(), sha256)
+        # The hash is checked only while reading the values, so a damaged header must not get that far.
+        data_offset, file_bytes = f.tell(), path.stat().st_size
+        if data_offset + int(np.prod(shape)) * dtype.itemsize != file_bytes:
+            raise ValueError(f"its header announces {shape} {dtype}, which does not match its {file_bytes} bytes")
+        return ArrayFile(path, dtype, shape, data_offset, sha256)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
