@@ -65,6 +65,12 @@ class ExGRPOConfig:
     max_grad_norm: skip an optimiser step whose gradient norm (before clipping) exceeds this
         (release: 500 at its gradient scale); null never skips (verl still skips non-finite norms).
         See exgrpo_verl.verl_adapters.grad_norm_guard.
+    experience_log: keep an append-only log of the buffer's calls since the last checkpoint,
+        `<trainer.default_local_dir>/exgrpo_experience.log`, fsynced every step and replayed on
+        resume, so a crash between checkpoints loses no experience (off by default; its cost per
+        step is in docs/reliability.md). See exgrpo_verl.experience.journal.
+    experience_log_digests: also record the buffer's SHA-256 after every step in the log (a pass
+        over the whole buffer each step: for checks such as scripts/fault_injection.py).
     loss, experience: see ExGRPOLossConfig and exgrpo_verl.experience.ExperienceConfig
         (its group_size comes from actor_rollout_ref.rollout.n, not from here).
     reward: the reward guard's time limit and failure budget (exgrpo_verl.reward_guard).
@@ -76,6 +82,8 @@ class ExGRPOConfig:
     store_from_switch_step: bool = True
     sampler_poll_interval_s: float = 0.5
     max_grad_norm: float | None = None
+    experience_log: bool = False
+    experience_log_digests: bool = False
     loss: ExGRPOLossConfig = field(default_factory=ExGRPOLossConfig)
     experience: dict[str, Any] = field(default_factory=dict)
     reward: RewardGuardConfig = field(default_factory=RewardGuardConfig)
@@ -87,6 +95,8 @@ class ExGRPOConfig:
         check_bool("exgrpo.store_from_switch_step", self.store_from_switch_step)
         check_real("exgrpo.sampler_poll_interval_s", self.sampler_poll_interval_s, "a number of seconds > 0",
                    lambda v: math.isfinite(v) and v > 0)
+        check_bool("exgrpo.experience_log", self.experience_log)
+        check_bool("exgrpo.experience_log_digests", self.experience_log_digests)
         if self.max_grad_norm is not None:
             check_real("exgrpo.max_grad_norm", self.max_grad_norm, "a number > 0, or null (never skip)",
                        lambda v: math.isfinite(v) and v > 0)

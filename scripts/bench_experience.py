@@ -5,6 +5,9 @@ trajectories (3.2 GB of token ids + log-probs). Quick run:
 
     python scripts/bench_experience.py --trajectories 20000 --response-tokens 512
 
+The steady-state steps also keep the experience log (exgrpo.experience_log: the step's buffer
+calls appended to a file and fsynced), timed on its own.
+
 Targets: collect < 20 ms a step, sample + select < 5 ms a step, resident memory within 10% of
 the raw token + log-prob bytes, save and load each at >= 80% of the speed of a raw write of
 the same data to the same disk (the "x raw write" ratios).
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from exgrpo_verl.experience import ExperienceBuffer, ExperienceConfig, GroupResult
+from exgrpo_verl.experience.journal import ExperienceLog
 
 MB = 1e6
 
@@ -144,7 +148,10 @@ def main():
     rss_growth = rss_bytes() - rss_before
     raw_bytes = filled["bytes"]  # 8 bytes a response token + 4 a prompt token
 
-    steady_times, replay_times = [], []
+    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_experience_"))
+    log = ExperienceLog.start(root / "experience.log", base="bench")
+    buf.record_operations()
+    steady_times, replay_times, log_times, log_bytes = [], [], [], []
     for _ in range(args.steady_steps):
         experience_qids, times = time_replay_step(buf, rng, args.sample)
         replay_times.append(times)
@@ -153,11 +160,14 @@ def main():
         with Timer() as timer:
             buf.update(step, groups)
         steady_times.append((timer.wall, timer.cpu, timer.thread))
+        with Timer() as timer:
+            log_bytes.append(log.append(step, buf.take_operations()))
+        log_times.append((timer.wall, timer.cpu, timer.thread))
+    os.remove(log.path)
     steady = buf.metrics()
     rss_steady = rss_bytes() - rss_before
     raw_steady = steady["bytes"]
 
-    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_experience_"))
     checkpoint = root / "experience"
     t0 = time.perf_counter()
     buf.save(checkpoint)
@@ -202,6 +212,8 @@ def main():
          f"{rss_growth / MB:.0f} MB / {raw_bytes / MB:.0f} MB = {rss_growth / raw_bytes:.3f}"),
         ("RSS growth in steady state / raw bytes",
          f"{rss_steady / MB:.0f} MB / {raw_steady / MB:.0f} MB = {rss_steady / raw_steady:.3f}"),
+        (f"experience log: append + fsync one step ({len(log_times)} steps): median / p99 / max",
+         f"{spread(log_times)}; {np.median(log_bytes) / MB:.1f} MB a step"),
         ("save", throughput(save_seconds)),
         ("load (incl. SHA-256 check)", throughput(load_seconds)),
         ("raw disk write (tofile + fsync, half the checkpoint size)", f"{disk_rate:.0f} MB/s"),

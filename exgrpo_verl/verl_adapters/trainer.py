@@ -14,7 +14,8 @@ A subclass of verl's synchronous trainer. One step reads forward through the hoo
                                                                   (our loss, set_loss_fn)
     step                  collect the step's results into the buffer; start replay once the
                           solve rate passes the threshold; metrics under exgrpo/
-    _save/_load_checkpoint  the buffer and phase beside verl's checkpoint
+    _save/_load_checkpoint  the buffer and phase beside verl's checkpoint; with
+                          exgrpo.experience_log, the log of the buffer's calls since then
 
 The algorithm itself lives in exgrpo_verl.algorithm / mixing / experience; this module
 moves rows between verl and those.
@@ -22,8 +23,11 @@ moves rows between verl and those.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import time
 import uuid
 from collections import defaultdict
 from functools import partial
@@ -39,6 +43,8 @@ from exgrpo_verl.algorithm import trajectory_selection_score
 from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 from exgrpo_verl.data.rows import row_index
 from exgrpo_verl.experience import ExperienceBuffer
+from exgrpo_verl.experience.journal import ExperienceLog
+from exgrpo_verl.hf_generation import eos_token_ids
 from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate, stores_successes
 from exgrpo_verl.verl_adapters import checkpoint, reward_manager
 from exgrpo_verl.verl_adapters.grad_norm_guard import SKIPPED_METRIC, with_max_grad_norm
@@ -66,6 +72,7 @@ from verl.workers.utils.padding import response_from_nested
 logger = logging.getLogger(__name__)
 
 TRAINER_NAME = "exgrpo"
+EXPERIENCE_LOG = "exgrpo_experience.log"  # in trainer.default_local_dir
 
 
 def question_positions(extra_infos) -> dict[int, int]:
@@ -107,6 +114,7 @@ class ExGRPOTrainer(PPOTrainerSync):
         self._step_questions: set[int] = set()  # every question of the current step
         self._step_experience: list[int] = []  # experience question ids still to submit this step
         self._experience_uids: dict[str, int] = {}  # this step's experience prompt uid -> question id
+        self._experience_log: ExperienceLog | None = None
         # verl's base class means "sync" wherever it checks the mode; ours is sync too.
         with open_dict(config):
             config.trainer.v1.trainer_mode = "sync"
@@ -122,7 +130,8 @@ class ExGRPOTrainer(PPOTrainerSync):
 
     def on_init_end(self):
         super().on_init_end()
-        self._eos_ids = self._eos_token_ids()
+        generation_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.model).generation_config
+        self._eos_ids = set(eos_token_ids(self.tokenizer, generation_config))
         self._install_loss()
 
     def _install_loss(self):
@@ -338,10 +347,17 @@ class ExGRPOTrainer(PPOTrainerSync):
         self.replay_started = replay_starts(was_started, step_solve_rate, self.settings.start_solve_rate, self.settings.replay_ratio)
         store = stores_successes(was_started, self.replay_started, self.settings.collect_during_warmup,
                                  self.settings.store_from_switch_step)
-        self.experience.update(self.global_steps, groups, store=store)
+        # After a resume that replayed the experience log, the buffer is ahead of the re-run steps.
+        self.experience.update(max(self.global_steps, self.experience.step), groups, store=store)
         if self.replay_started and not was_started:
             logger.info("ExGRPO: solve rate %.3f > %.3f at step %d: replay starts", step_solve_rate, self.settings.start_solve_rate, self.global_steps)
             self._install_loss()
+        if self._experience_log is not None:
+            digest = self.experience.state_sha256() if self.settings.experience_log_digests else None
+            started = time.perf_counter()
+            metrics["exgrpo/experience_log_bytes"] = self._experience_log.append(
+                self.global_steps, self.experience.take_operations(), {"replay_started": self.replay_started}, digest)
+            metrics["exgrpo/experience_log_seconds"] = time.perf_counter() - started
 
         metrics["exgrpo/replay_active"] = float(self.replay_started)
         metrics["exgrpo/solve_rate"] = step_solve_rate
@@ -353,13 +369,6 @@ class ExGRPOTrainer(PPOTrainerSync):
         if "actor/" + SKIPPED_METRIC in metrics:
             metrics[SKIPPED_METRIC] = metrics.pop("actor/" + SKIPPED_METRIC)
 
-    def _eos_token_ids(self) -> set[int]:
-        """Tokens that end a response: the tokenizer's EOS and the generation config's."""
-        generation_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.model).generation_config
-        generation_eos = getattr(generation_config, "eos_token_id", None)
-        ids = [self.tokenizer.eos_token_id, *(generation_eos if isinstance(generation_eos, list) else [generation_eos])]
-        return {int(i) for i in ids if i is not None}
-
     # ---- checkpoints -------------------------------------------------------------------------
     def _save_checkpoint(self):
         # Our state first: verl writes latest_checkpointed_iteration.txt last, so any checkpoint
@@ -368,6 +377,8 @@ class ExGRPOTrainer(PPOTrainerSync):
         state = checkpoint.TrainerState(self.replay_started, list(self._fresh_carry), self.group_size)
         checkpoint.save_state(folder, self.experience, state, self._data_fingerprint)
         super()._save_checkpoint()
+        if self._experience_log is not None:  # the checkpoint now holds everything logged
+            self._experience_log = ExperienceLog.start(self._experience_log.path, checkpoint.state_digest(folder))
         checkpoint.tidy(self.config.trainer.default_local_dir)
 
     def _load_checkpoint(self):
@@ -375,8 +386,9 @@ class ExGRPOTrainer(PPOTrainerSync):
         if resume_from is not None:  # before verl unpickles its data-loader state
             checkpoint.check_dataloader_state(os.path.join(resume_from, "data.pt"))
         super()._load_checkpoint()
-        if self.global_steps == 0:
-            return  # a new run
+        if self.global_steps == 0:  # a new run, or one killed before its first checkpoint
+            self._open_experience_log(self._new_run_base())
+            return
         if self.config.trainer.resume_mode == "resume_path":
             folder = os.path.abspath(self.config.trainer.resume_from_path)
         else:
@@ -392,3 +404,28 @@ class ExGRPOTrainer(PPOTrainerSync):
         self._fresh_carry = state.fresh_carry
         print(f"ExGRPO: restored {folder} (replay {'on' if self.replay_started else 'off'}, "
               f"state sha256 {checkpoint.state_digest(folder)})", flush=True)  # the fault-injection harness reads it
+        self._open_experience_log(checkpoint.state_digest(folder))
+
+    def _new_run_base(self) -> str:
+        """What a log written before the first checkpoint extends: a fresh buffer of this config on this data."""
+        digest = hashlib.sha256(json.dumps(self.experience.config.to_dict(), sort_keys=True).encode())
+        digest.update(self._data_fingerprint.ids.tobytes())
+        digest.update(self._data_fingerprint.digests.tobytes())
+        return f"new run {digest.hexdigest()}"
+
+    def _open_experience_log(self, base: str) -> None:
+        """Replay the log's steps on the buffer just restored (`base`), then log from there."""
+        if not (self.settings.enabled and self.settings.experience_log):
+            return
+        path = os.path.join(self.config.trainer.default_local_dir, EXPERIENCE_LOG)
+        if self.config.trainer.resume_mode == "disable":
+            self._experience_log, records, note = ExperienceLog.start(path, base), [], "a new run"
+        else:
+            self._experience_log, records, note = ExperienceLog.resume(path, base)
+        for record in records:
+            self.experience.replay(record.operations)
+            self.replay_started = bool(record.context.get("replay_started", self.replay_started))
+        replayed = f"replayed steps {records[0].step}..{records[-1].step}, " if records else ""
+        print(f"ExGRPO: experience log {path}: {note}; {replayed}buffer sha256 "
+              f"{self.experience.state_sha256() if records else '-'}", flush=True)  # the fault-injection harness reads it
+        self.experience.record_operations()
