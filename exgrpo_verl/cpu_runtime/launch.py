@@ -15,7 +15,7 @@ import sys
 import time
 
 from exgrpo_verl import metrics_history
-from exgrpo_verl.cpu_runtime import SWITCH_ENV
+from exgrpo_verl.cpu_runtime import RUN_ENVIRONMENT
 
 # Settings that any CPU run needs, whatever the model and the algorithm.
 CPU_RUNTIME_OVERRIDES = [
@@ -84,8 +84,7 @@ def cpu_run_overrides(
 
 def cpu_env(metrics_path: str | None = None) -> dict[str, str]:
     """The environment of a CPU run: the runtime's switch, offline hubs, optional JSONL metrics."""
-    env = dict(os.environ)
-    env.update({SWITCH_ENV: "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env = {**os.environ, **RUN_ENVIRONMENT}
     if metrics_path:
         env["VERL_FILE_LOGGER_PATH"] = str(metrics_path)
     return env
