@@ -6,6 +6,8 @@ reasoner, through verl's real trainer on the CPU (exgrpo_verl/miniature.py has t
     python scripts/miniature.py --plan weak strong     # GRPO and ExGRPO from the weak and strong starts
     python scripts/miniature.py --plan main --quick    # a smoke run in a few minutes
     python scripts/miniature.py --report-only          # tables and plots from whatever has finished
+    python scripts/miniature.py --plan ablations --methods rho_0.25 rho_0.75 --steps 80 --out outputs/miniature/short
+                                                       # some ablations only, on a shorter budget
 
 Every run checkpoints at 25/50/75/100% of its budget and resumes from its latest checkpoint, so
 the study can be stopped and started again; finished runs and evaluations are reused. After
@@ -42,6 +44,7 @@ def main(argv=None) -> None:
     parser.add_argument("--plan", nargs="+", default=["main"], help="main, ablations, weak, strong (run in the order given)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    parser.add_argument("--methods", nargs="+", default=None, help="run only these methods of the plans")
     parser.add_argument("--steps", type=int, default=None, help="update steps per run (default: the study's 160)")
     parser.add_argument("--out", default="outputs/miniature")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny warm start, 4 steps of 4 x 4")
@@ -54,7 +57,8 @@ def main(argv=None) -> None:
     if args.steps:
         settings = replace(settings, steps=args.steps)
     out = Path(args.out).resolve()
-    runs = [run for plan in args.plan for run in plan_runs(plan, args.seeds)]
+    runs = [run for plan in args.plan for run in plan_runs(plan, args.seeds)
+            if args.methods is None or run.method in args.methods]
     strengths = {"medium"} | {run.strength for run in runs}
     print(f">> preparing task data and warm starts ({', '.join(sorted(strengths))})", flush=True)
     data, models = miniature.prepare(settings, out, strengths, quick=args.quick)
