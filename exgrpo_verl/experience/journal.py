@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .persistence import CheckpointError
+from .persistence import CheckpointError, fsync_directory
 from .results import CheckedGroup, StorableRollout
 
 FORMAT_NAME = "exgrpo-experience-log"
@@ -87,7 +87,7 @@ class ExperienceLog:
             f.flush()
             os.fsync(f.fileno())
         os.replace(staging, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
         return cls(path, base)
 
     @classmethod
@@ -133,14 +133,6 @@ def _frame(header: dict, arrays: list[np.ndarray]) -> bytes:
     digest = hashlib.sha256(header_bytes)
     digest.update(blob)
     return FRAME.pack(MAGIC, len(header_bytes), len(blob), digest.digest()) + header_bytes + blob
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- reading ---------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def write_checkpoint(directory: str | Path, arrays: dict[str, np.ndarray | Array
                         "sha256": digests[name] if name in digests else _sha256(staging / name)} for name in FILES}
         manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "files": files}
         _write_file(staging / MANIFEST, lambda f: f.write(_canonical(manifest)))
-        _fsync_directory(staging)
+        fsync_directory(staging)
         _move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -186,7 +186,7 @@ def _write_file(path: Path, write):
     return result
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -205,7 +205,7 @@ def _move_into_place(staging: Path, target: Path) -> None:
         if aside is not None:
             os.rename(aside, target)
         raise
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
     if aside is not None:
         shutil.rmtree(aside)
 
