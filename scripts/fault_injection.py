@@ -249,6 +249,9 @@ def main(argv=None) -> int:
     complete = latest_complete(Path(args.out).resolve() / "checkpoints") >= args.steps
     ok = complete and all(k.digest_equal and k.reload_equal and k.resumed_from == k.latest_complete
                           and (k.log_equal or not args.experience_log) for k in kills)
+    if len(kills) < args.kills:
+        print(f"only {len(kills)} of --kills {args.kills} happened before the run finished: raise --steps")
+        ok = False
     print(f"run completed: {complete}; every resume loaded the latest complete checkpoint, hash-equal: {ok}")
     return 0 if ok else 1
 
