@@ -186,7 +186,6 @@ def test_two_nodes_train_exgrpo(two_node_cluster, tiny_qwen2, char_hunt_files, t
     assert steps[-1]["exgrpo/replay_active"] == 1.0
     for key in ("exgrpo/buffer/pool_size", "exgrpo/buffer/retired", "exgrpo/buffer/collected_total"):
         assert key in steps[-1], (key, sorted(steps[-1]))
-    assert steps[-1]["exgrpo/buffer/collected_total"] > 0
     assert all("actor/pg_loss" in row for row in steps)
 
     # Both FSDP ranks wrote their shard; the driver wrote the ExGRPO state beside them.
