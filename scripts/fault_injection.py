@@ -63,6 +63,7 @@ class Kill:
     log_step: int | None = None  # with the experience log: the last step it holds intact at the kill
     log_digest: str | None = None  # the buffer's SHA-256 after that step, as the killed run recorded it
     log_equal: bool | None = None  # the resumed buffer (checkpoint + log) is hash-equal to it
+    log_max_step: int | None = None  # the highest step the log holds (a resumed run re-logs lower ones)
 
     @property
     def steps_lost(self) -> int:
@@ -72,7 +73,7 @@ class Kill:
     @property
     def experience_steps_lost(self) -> int:
         """Completed steps whose experience the resumed buffer lacks (the log keeps them)."""
-        return max(self.killed_at_step - 1 - max(self.latest_complete, self.log_step or 0), 0)
+        return max(self.killed_at_step - 1 - max(self.latest_complete, self.log_max_step or 0), 0)
 
 
 def latest_complete(root: Path) -> int:
@@ -88,11 +89,12 @@ def saving(root: Path, since: float) -> bool:
                for folder in root.glob(f"global_step_*/{checkpoint.STATE_DIR}"))
 
 
-def last_logged_step(root: Path) -> tuple[int | None, str | None]:
-    """(step, buffer SHA-256) of the experience log's last intact record, or (None, None)."""
+def last_logged_step(root: Path) -> tuple[int | None, str | None, int | None]:
+    """(step, buffer SHA-256) of the experience log's last intact record and the highest step it
+    holds, or Nones."""
     path = root / EXPERIENCE_LOG
     records = read_log(path).records if path.exists() else []
-    return (records[-1].step, records[-1].buffer_sha256) if records else (None, None)
+    return (records[-1].step, records[-1].buffer_sha256, max(r.step for r in records)) if records else (None, None, None)
 
 
 def logged_past_checkpoint(root: Path, since: float) -> bool:
@@ -100,7 +102,7 @@ def logged_past_checkpoint(root: Path, since: float) -> bool:
     path = root / EXPERIENCE_LOG
     if not path.exists() or path.stat().st_mtime <= since:
         return False
-    step, _ = last_logged_step(root)
+    step, _, _ = last_logged_step(root)
     return step is not None and step > latest_complete(root)
 
 
@@ -169,7 +171,7 @@ def run(args) -> list[Kill]:
                             complete, checkpoint.state_digest(root / f"global_step_{complete}"))
                 kill_attempt(process, mark)
                 if args.experience_log:
-                    kill.log_step, kill.log_digest = last_logged_step(root)
+                    kill.log_step, kill.log_digest, kill.log_max_step = last_logged_step(root)
                 kills.append(kill)
                 print(f"kill {number}: {kill.phase}, during step {kill.killed_at_step}, latest complete {complete}, "
                       f"last logged step {kill.log_step}", flush=True)
