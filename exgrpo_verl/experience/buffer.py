@@ -293,8 +293,9 @@ class ExperienceBuffer:
             records = [r for r in records if r.id in allowed]
         if not records:
             raise ValueError(f"select: question {qid} has no stored trajectories" + ("" if among is None else " among those given"))
-        self._record("select", qid=int(qid), scores=None if scores is None else np.asarray(scores, dtype=np.float64),
-                     among=None if among is None else [int(i) for i in among])
+        if self._operations is not None:  # converted only when recording
+            self._record("select", qid=int(qid), scores=None if scores is None else np.asarray(scores, dtype=np.float64),
+                         among=None if among is None else [int(i) for i in among])
         index = select_index(self.config.selection_metric, [r.entropy_mean for r in records], scores, self._rng)
         return self._view(records[index])
 
