@@ -7,8 +7,11 @@ imperfect (one step off, the error carried to the answer), with more easy than h
 How long it trains sets how strong it starts: `STRENGTHS` names the step counts used by the
 miniature study (weak / medium / strong).
 
-Deterministic (seeded data order and initialisation, one thread pool size), cached by a hash of
-everything that defines it, and written atomically, so a second call returns at once:
+Deterministic within one environment (seeded data order and initialisation, one thread pool
+size), not across machines: the same spec rebuilt on a fresh 2-core VM and venv held out .363
+where the miniature study's first machine had .311 (float kernels and unpinned library versions
+can differ, and 500 supervised steps amplify small differences). It is cached by a hash of everything that
+defines it, and written atomically, so a second call returns at once:
 
     python -m exgrpo_verl.tasks.warm_start --strength medium
 """
