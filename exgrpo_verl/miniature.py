@@ -289,15 +289,14 @@ def comparison_table(summaries: dict[str, list[RunSummary]], baseline: str = "gr
     base_final = float(np.mean([s.final_accuracy for s in base]))
     base_rollouts = float(np.mean([s.rollouts[-1] for s in base]))
     base_time = float(np.mean([s.seconds_per_step for s in base]))
+    checkpoints = base[0].steps[1:]  # every run of a study shares its evaluation steps
     header = (
-        "| method | seeds | start | 25% steps | 50% steps | 100% steps | at equal rollouts "
+        "| method | seeds | start | " + " | ".join(f"{step} steps" for step in checkpoints) + " | at equal rollouts "
         f"({equal_rollouts:,.0f}) | rollouts to reach {baseline}'s final ({base_final:.3f}) | final entropy | "
-        "response tokens | s / step (vs " + baseline + ") |\n|" + "---|" * 11
+        "response tokens | s / step (vs " + baseline + ") |\n|" + "---|" * (8 + len(checkpoints))
     )
     lines = [header]
     for method, runs in summaries.items():
-        q = len(runs[0].steps) - 1  # index of the last checkpoint; quarters of 4 checkpoints
-        at = {f: [s.accuracy[round(f * q)] for s in runs] for f in (0.25, 0.5, 1.0)}
         equal = [interpolate(np.array(s.rollouts), np.array(s.accuracy), equal_rollouts) for s in runs]
         mean_curve_x = np.mean([s.rollouts for s in runs], axis=0)
         mean_curve_y = np.mean([s.accuracy for s in runs], axis=0)
@@ -305,8 +304,9 @@ def comparison_table(summaries: dict[str, list[RunSummary]], baseline: str = "gr
         reach_text = "not reached" if math.isnan(reach) else f"{reach:,.0f} ({reach / base_rollouts:.2f}x)"
         time = float(np.mean([s.seconds_per_step for s in runs]))
         lines.append(
-            f"| {method} | {len(runs)} | {_mean_std([s.accuracy[0] for s in runs])} | {_mean_std(at[0.25])} | "
-            f"{_mean_std(at[0.5])} | {_mean_std(at[1.0])} | {_mean_std(equal)} | {reach_text} | "
+            f"| {method} | {len(runs)} | {_mean_std([s.accuracy[0] for s in runs])} | "
+            + "".join(f"{_mean_std([s.accuracy[i] for s in runs])} | " for i in range(1, len(checkpoints) + 1))
+            + f"{_mean_std(equal)} | {reach_text} | "
             f"{_mean_std([_tail_mean(s.train_rows, 'actor/entropy') for s in runs])} | "
             f"{_mean_std([s.eval_length for s in runs])} | {time:.2f} ({time / base_time:.2f}x) |"
         )

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exgrpo_verl.miniature import first_crossing, generated_rollouts_per_step, interpolate
+from exgrpo_verl.miniature import RunSpec, RunSummary, comparison_table, first_crossing, generated_rollouts_per_step, interpolate
 from exgrpo_verl.reward import compute_score
 from exgrpo_verl.tasks import arithmetic
 from exgrpo_verl.tasks.arithmetic import ArithmeticTask, draw_questions, in_reserved_half, sample_question, solution
@@ -84,6 +84,23 @@ def test_interpolation_and_first_crossing():
     assert first_crossing(x, y, 0.42) == pytest.approx(120.0)
     assert first_crossing(x, y, 0.2) == 0.0
     assert np.isnan(first_crossing(x, y, 0.6))
+
+
+def test_comparison_table_columns_are_the_evaluation_steps():
+    """The demo evaluates at 2 checkpoints, the study at 4: each column is one checkpoint, named by its step."""
+
+    def summary(method: str, accuracy: list[float]) -> RunSummary:
+        rows = [{"actor/entropy": 0.1, "timing_s/step": 2.0}] * 20
+        return RunSummary(RunSpec(method), steps=[0, 10, 20], rollouts=[0.0, 640.0, 1280.0], accuracy=accuracy,
+                          standard_error=[0.01] * 3, by_level=[{}] * 3, train_rows=rows,
+                          cumulative_rollouts=np.arange(1, 21) * 64.0, eval_length=30.0, seconds_per_step=2.0)
+
+    table = comparison_table({"grpo": [summary("grpo", [0.30, 0.40, 0.50])], "exgrpo": [summary("exgrpo", [0.30, 0.35, 0.45])]})
+    header, rule, grpo, exgrpo = table.splitlines()
+    assert header.startswith("| method | seeds | start | 10 steps | 20 steps | at equal rollouts")
+    assert header.count("|") == rule.count("|") == grpo.count("|") == exgrpo.count("|")
+    assert grpo.startswith("| grpo | 1 | 0.300 | 0.400 | 0.500 |")
+    assert exgrpo.startswith("| exgrpo | 1 | 0.300 | 0.350 | 0.450 |")
 
 
 def test_generated_rollouts_exclude_replayed_slots():
