@@ -262,6 +262,25 @@ def summarise_run(settings: StudySettings, run: RunSpec, out: Path, start_result
     )
 
 
+# Two-sided 95% quantiles of Student's t, t_{0.975, df}, for df = 1..30 (standard table values).
+_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_interval_95(values) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval over n paired values (seeds):
+
+        mean ± t_{0.975, n-1} * s / sqrt(n),   s the sample standard deviation (ddof = 1).
+
+    Beyond 30 degrees of freedom the normal quantile 1.96 is used (within 2% of t)."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"a t-interval needs at least 2 values, got {n}")
+    quantile = _T_975[n - 2] if n - 1 <= len(_T_975) else 1.96
+    return float(values.mean()), float(quantile * values.std(ddof=1) / math.sqrt(n))
+
+
 def _mean_std(values) -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -328,8 +347,8 @@ def paired_differences(summaries: dict[str, list[RunSummary]], method: str, base
         equal_diffs.append(equal)
         lines.append(f"| {s.run.seed} | {b.final_accuracy:.3f} | {s.final_accuracy:.3f} | {step_diffs[-1]:+.3f} | {equal:+.3f} |")
     if len(equal_diffs) > 1:
-        se = lambda v: np.std(v, ddof=1) / math.sqrt(len(v))  # noqa: E731
-        lines.append(f"| mean ± s.e. | | | {np.mean(step_diffs):+.3f} ± {se(step_diffs):.3f} | {np.mean(equal_diffs):+.3f} ± {se(equal_diffs):.3f} |")
+        cell = lambda v: "{:+.3f} ± {:.3f}".format(*t_interval_95(v))  # noqa: E731
+        lines.append(f"| mean ± 95% interval (t, {len(equal_diffs) - 1} d.f.) | | | {cell(step_diffs)} | {cell(equal_diffs)} |")
     return "\n".join(lines)
 
 
@@ -388,13 +407,16 @@ def plot_accuracy_and_entropy(summaries: dict[str, list[RunSummary]], path: Path
     return path
 
 
-def plot_buckets(summary: RunSummary, rollouts: int, path: Path) -> Path:
-    """Replay-pool occupancy per accuracy bucket (k successes of K) over training steps, one run."""
+def plot_buckets(summary: RunSummary, path: Path) -> Path:
+    """Replay-pool occupancy per accuracy bucket (k successes of K) over training steps, one run
+    (K - 1 is the highest bucket the trainer logged)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    prefix = "exgrpo/buffer/bucket/"
+    rollouts = 1 + max((int(key[len(prefix):]) for row in summary.train_rows for key in row if key.startswith(prefix)), default=1)
     steps = [row["step"] for row in summary.train_rows]
     sizes = [[row.get(f"exgrpo/buffer/bucket/{k}", 0.0) for row in summary.train_rows] for k in range(1, rollouts)]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -422,7 +444,8 @@ def progress_printer(run: RunSpec, total: int):
 
 
 def write_tables(settings: StudySettings, out: Path, data: dict, models: dict, title: str = "Miniature study") -> str | None:
-    """Tables (`out/tables.md`) and plots from every finished run under `out`; returns the markdown
+    """Tables (`out/tables.md`) and plots from every finished run under `out`, and each finished
+    run's summary as JSON in `out/summaries/` (what a results page commits); returns the markdown
     (None while no GRPO run has finished)."""
     starts = {
         strength: evaluate_model(model, data["test"], settings.eval_samples, settings.max_response_length, out / "eval" / f"start-{strength}.json")
@@ -437,16 +460,61 @@ def write_tables(settings: StudySettings, out: Path, data: dict, models: dict, t
         summary = summarise_run(settings, run, out, starts[strength], data)
         if summary is not None:
             finished.setdefault(strength, {}).setdefault(method, []).append(summary)
+    save_summaries(out / "summaries", str(settings), starts, finished)
+    return render_tables(str(settings), starts, finished, out, title)
+
+
+# Training-metric keys a summary keeps (the tables and plots read no others).
+_SUMMARY_METRIC_PREFIXES = ("step", "timing_s/step", "actor/entropy", "critic/score/mean", "exgrpo/")
+
+
+def save_summaries(folder: Path, settings_text: str, starts: dict, finished: dict[str, dict[str, list]]) -> None:
+    """One JSON per finished run (`<run name>.json`) plus `study.json` (settings and starting
+    points): small, diffable files from which `load_summaries` rebuilds every table and plot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "study.json").write_text(json.dumps({"settings": settings_text, "starts": starts}, indent=1))
+    for methods in finished.values():
+        for summaries in methods.values():
+            for summary in summaries:
+                record = {key: value for key, value in summary.__dict__.items() if key not in ("run", "train_rows", "cumulative_rollouts")}
+                record["run"] = summary.run.__dict__
+                record["cumulative_rollouts"] = summary.cumulative_rollouts.tolist()
+                record["train_rows"] = [
+                    {k: v for k, v in row.items() if k.startswith(_SUMMARY_METRIC_PREFIXES)} for row in summary.train_rows
+                ]
+                (folder / f"{summary.run.name}.json").write_text(json.dumps(record))
+
+
+def load_summaries(folder: Path) -> tuple[str, dict, dict[str, dict[str, list]]]:
+    """(settings text, starting points, {strength: {method: [RunSummary]}}) from `save_summaries`' folder."""
+    study_file = folder / "study.json"
+    if not study_file.exists():
+        raise FileNotFoundError(f"{study_file}: no study.json; expected a folder written by scripts/miniature.py (<out>/summaries)")
+    study = json.loads(study_file.read_text())
+    finished: dict[str, dict[str, list]] = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name == "study.json":
+            continue
+        record = json.loads(path.read_text())
+        record["run"] = RunSpec(**record["run"])
+        record["cumulative_rollouts"] = np.asarray(record["cumulative_rollouts"])
+        summary = RunSummary(**record)
+        finished.setdefault(summary.run.strength, {}).setdefault(summary.run.method, []).append(summary)
+    return study["settings"], study["starts"], finished
+
+
+def render_tables(settings_text: str, starts: dict, finished: dict[str, dict[str, list]], out: Path, title: str = "Miniature study") -> str | None:
+    """Write `out/tables.md` and the plots from run summaries; None while no GRPO run has finished."""
     if "grpo" not in finished.get("medium", {}):
         return None
-
+    out.mkdir(parents=True, exist_ok=True)
     medium = finished["medium"]
     main = {m: medium[m] for m in ("grpo", "exgrpo") if m in medium}
-    parts = [f"# {title}: tables\n\nSettings: `{settings}`\n"]
+    parts = [f"# {title}: tables\n\nSettings: `{settings_text}`\n"]
     parts += ["## GRPO vs ExGRPO (medium start)\n", comparison_table(main), ""]
     if "exgrpo" in medium:
         parts += ["### Paired by seed (same data order)\n", paired_differences(medium, "exgrpo"), ""]
-        plot_buckets(medium["exgrpo"][0], settings.rollouts, out / "buckets.png")
+        plot_buckets(medium["exgrpo"][0], out / "buckets.png")
     plot_accuracy_and_entropy(main, out / "accuracy_vs_rollouts.png", "medium start")
     ablations = {m: [s for s in runs if s.run.seed == 0] for m, runs in medium.items()}
     if len(ablations) > 2:

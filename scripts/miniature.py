@@ -6,12 +6,16 @@ reasoner, through verl's real trainer on the CPU (exgrpo_verl/miniature.py has t
     python scripts/miniature.py --plan weak strong     # GRPO and ExGRPO from the weak and strong starts
     python scripts/miniature.py --plan main --quick    # a smoke run in a few minutes
     python scripts/miniature.py --report-only          # tables and plots from whatever has finished
+    python scripts/miniature.py --from-summaries docs/results/miniature/summaries --out docs/results/miniature
+                                                       # the results page's tables and plots from committed summaries
     python scripts/miniature.py --plan ablations --methods rho_0.25 rho_0.75 --steps 80 --out outputs/miniature/short
                                                        # some ablations only, on a shorter budget
 
 Every run checkpoints at 25/50/75/100% of its budget and resumes from its latest checkpoint, so
 the study can be stopped and started again; finished runs and evaluations are reused. After
-each run the tables (`<out>/tables.md`) and plots are rewritten from everything finished so far.
+each run the tables (`<out>/tables.md`) and plots are rewritten from everything finished so far,
+and each finished run's summary is written to `<out>/summaries/` (small JSON files: commit them
+with a results page, which `--from-summaries` then regenerates without the runs or models).
 """
 
 from __future__ import annotations
@@ -49,7 +53,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="outputs/miniature")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny warm start, 4 steps of 4 x 4")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--from-summaries", default=None, help="render tables and plots into --out from this summaries folder only")
     args = parser.parse_args(argv)
+    if args.from_summaries:
+        out = Path(args.out)
+        text = miniature.render_tables(*miniature.load_summaries(Path(args.from_summaries)), out)
+        print(text or f"{args.from_summaries}: no finished GRPO run of the medium start")
+        return
 
     settings = StudySettings()
     if args.quick:

@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exgrpo_verl.miniature import RunSpec, RunSummary, comparison_table, first_crossing, generated_rollouts_per_step, interpolate
+from exgrpo_verl.miniature import (
+    RunSpec, RunSummary, comparison_table, first_crossing, generated_rollouts_per_step, interpolate, load_summaries,
+    render_tables, save_summaries, t_interval_95,
+)
 from exgrpo_verl.reward import compute_score
 from exgrpo_verl.tasks import arithmetic
 from exgrpo_verl.tasks.arithmetic import ArithmeticTask, draw_questions, in_reserved_half, sample_question, solution
@@ -86,14 +89,42 @@ def test_interpolation_and_first_crossing():
     assert np.isnan(first_crossing(x, y, 0.6))
 
 
+def _summary(method: str, accuracy: list[float], seed: int = 0) -> RunSummary:
+    rows = [{"step": i + 1, "actor/entropy": 0.1, "timing_s/step": 2.0, "exgrpo/buffer/bucket/1": 3.0,
+             "exgrpo/buffer/bucket/3": 1.0, "actor/pg_loss": 0.5} for i in range(20)]
+    return RunSummary(RunSpec(method, seed), steps=[0, 10, 20], rollouts=[0.0, 640.0, 1280.0], accuracy=accuracy,
+                      standard_error=[0.01] * 3, by_level=[{}] * 3, train_rows=rows,
+                      cumulative_rollouts=np.arange(1, 21) * 64.0, eval_length=30.0, seconds_per_step=2.0)
+
+
+def test_t_interval_uses_n_minus_one_degrees_of_freedom():
+    # The main study's per-seed differences at equal rollouts (points): -2.4, -1.9, -2.3.
+    mean, half = t_interval_95([-2.4, -1.9, -2.3])
+    assert mean == pytest.approx(-2.2)
+    assert half == pytest.approx(4.303 * np.std([-2.4, -1.9, -2.3], ddof=1) / np.sqrt(3))  # t_{0.975, 2}, not 1.96
+    assert half == pytest.approx(0.657, abs=1e-3)
+    with pytest.raises(ValueError, match="at least 2 values"):
+        t_interval_95([1.0])
+
+
+def test_tables_regenerate_from_saved_summaries(tmp_path):
+    """A results page is rebuilt from its committed summaries alone: same tables, same plots."""
+    finished = {"medium": {"grpo": [_summary("grpo", [0.3, 0.4, 0.5], s) for s in (0, 1)],
+                           "exgrpo": [_summary("exgrpo", [0.3, 0.38, 0.47], s) for s in (0, 1)]}}
+    starts = {"medium": {"accuracy": 0.3, "standard_error": 0.01, "by_level": {"L1": 0.5}}}
+    direct = render_tables("settings", starts, finished, tmp_path / "direct")
+    save_summaries(tmp_path / "summaries", "settings", starts, finished)
+    assert "actor/pg_loss" not in (tmp_path / "summaries" / "grpo-medium-s0.json").read_text()  # only what tables read
+    again = render_tables(*load_summaries(tmp_path / "summaries"), tmp_path / "again")
+    assert again == direct and "95% interval (t, 1 d.f.)" in again
+    assert (tmp_path / "again" / "buckets.png").stat().st_size > 10_000
+    with pytest.raises(FileNotFoundError, match="study.json"):
+        load_summaries(tmp_path / "again")
+
+
 def test_comparison_table_columns_are_the_evaluation_steps():
     """The demo evaluates at 2 checkpoints, the study at 4: each column is one checkpoint, named by its step."""
-
-    def summary(method: str, accuracy: list[float]) -> RunSummary:
-        rows = [{"actor/entropy": 0.1, "timing_s/step": 2.0}] * 20
-        return RunSummary(RunSpec(method), steps=[0, 10, 20], rollouts=[0.0, 640.0, 1280.0], accuracy=accuracy,
-                          standard_error=[0.01] * 3, by_level=[{}] * 3, train_rows=rows,
-                          cumulative_rollouts=np.arange(1, 21) * 64.0, eval_length=30.0, seconds_per_step=2.0)
+    summary = _summary
 
     table = comparison_table({"grpo": [summary("grpo", [0.30, 0.40, 0.50])], "exgrpo": [summary("exgrpo", [0.30, 0.35, 0.45])]})
     header, rule, grpo, exgrpo = table.splitlines()
