@@ -149,7 +149,7 @@ def main():
     raw_bytes = filled["bytes"]  # 8 bytes a response token + 4 a prompt token
 
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_experience_"))
-    log = ExperienceLog.start(root / "experience.log", base="bench")
+    log = ExperienceLog.start(root / "experience.log", base="bench", run_id="bench")
     buf.record_operations()
     steady_times, replay_times, log_times, log_bytes = [], [], [], []
     for _ in range(args.steady_steps):

@@ -2,12 +2,15 @@
 
 import json
 import os
+import random
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
 
+from exgrpo_verl.config import ExGRPOConfig, ExGRPOLossConfig
 from exgrpo_verl.experience import CheckpointError, ExperienceBuffer, ExperienceConfig, GroupResult
 from exgrpo_verl.verl_adapters import checkpoint
 from exgrpo_verl.verl_adapters.rows import build_replayed_row, group_results_from_step, replayed_row_tag
@@ -111,29 +114,62 @@ def _fingerprint(truths: dict[int, str] | None = None) -> checkpoint.DataFingerp
     return checkpoint.data_fingerprint(list(truths), prompts, list(truths.values()))
 
 
+SETTINGS = checkpoint.run_settings(ExGRPOConfig(), 4)  # what the saving run had: the defaults, K = 4
+
+
 def _save(folder, buffer=None, state=None):
     buffer = buffer or _buffer_with_data()
-    checkpoint.save_state(folder, buffer, state or checkpoint.TrainerState(True, [4, 9], 4), _fingerprint())
+    checkpoint.save_state(folder, buffer, state or checkpoint.TrainerState(True, [4, 9], SETTINGS, "run-A"), _fingerprint())
     return buffer
+
+
+def _load(folder, buffer_config=ExperienceConfig(group_size=4), fingerprint=None, settings=SETTINGS):
+    return checkpoint.load_state(folder, buffer_config, fingerprint or _fingerprint(), settings)
 
 
 def test_state_round_trips_and_bad_checkpoints_are_refused(tmp_path):
     buffer = _save(tmp_path)
-    restored, state = checkpoint.load_state(tmp_path, buffer.config, _fingerprint())
-    assert state == checkpoint.TrainerState(True, [4, 9], 4)
+    restored, state, changes = _load(tmp_path)
+    assert state == checkpoint.TrainerState(True, [4, 9], SETTINGS, "run-A") and changes == []
     assert restored.metrics() == buffer.metrics()
 
-    with pytest.raises(CheckpointError, match=r"resume with the same n"):
-        checkpoint.load_state(tmp_path, ExperienceConfig(group_size=8), _fingerprint())
     manifest = tmp_path / "exgrpo" / "manifest.json"
     manifest.write_text(json.dumps({"version": 99, "files": {}}))
     with pytest.raises(CheckpointError, match="format version 99"):
-        checkpoint.load_state(tmp_path, buffer.config, _fingerprint())
+        _load(tmp_path)
     manifest.write_text("{not json")
     with pytest.raises(CheckpointError, match="unreadable"):
-        checkpoint.load_state(tmp_path, buffer.config, _fingerprint())
+        _load(tmp_path)
     with pytest.raises(CheckpointError, match="manifest.json is missing"):
-        checkpoint.load_state(tmp_path / "elsewhere", buffer.config, _fingerprint())
+        _load(tmp_path / "elsewhere")
+
+
+def test_setting_changes_on_resume_are_accepted_with_a_line_or_refused_by_name(tmp_path, monkeypatch):
+    """Issue 23 item 5: a resume with another replay_ratio was accepted silently."""
+    _save(tmp_path)
+    changed = checkpoint.run_settings(ExGRPOConfig(replay_ratio=0.25, loss=ExGRPOLossConfig(shaping_beta=0.2)), 4)
+    _, _, changes = _load(tmp_path, settings=changed)
+    assert changes == ["exgrpo.loss.shaping_beta 0.1 -> 0.2 (the loss applies to later updates)",
+                       "exgrpo.replay_ratio 0.5 -> 0.25 (the share of experience questions in later steps (0 pauses replay))"]
+    with pytest.raises(CheckpointError, match=r"this run changes settings a resume must keep: actor_rollout_ref.rollout.n "
+                                              r"4 -> 8 \(the buffer's buckets and stored groups are counts out of K\)"):
+        _load(tmp_path, ExperienceConfig(group_size=8), settings=checkpoint.run_settings(ExGRPOConfig(), 8))
+    # A setting no rule covers (e.g. a replay strategy a later version adds) is refused; one row allows it.
+    strategy = changed | {"exgrpo.strategy": "zero_variance_fill"}
+    with pytest.raises(CheckpointError, match=r"must keep: exgrpo.strategy '\(not set\)' -> 'zero_variance_fill' \(no "
+                                              r"resume rule allows changing it"):
+        _load(tmp_path, settings=strategy)
+    monkeypatch.setattr(checkpoint, "RESUME_RULES", (*checkpoint.RESUME_RULES,
+                                                     checkpoint.ResumeRule("exgrpo.strategy", True, "a test rule")))
+    assert "exgrpo.strategy '(not set)' -> 'zero_variance_fill' (a test rule)" in _load(tmp_path, settings=strategy)[2]
+
+
+def test_a_resume_continues_the_run_of_its_own_folder_and_a_fork_is_a_new_run(tmp_path):
+    _save(tmp_path / "global_step_3")
+    _, state, _ = _load(tmp_path / "global_step_3")
+    assert checkpoint.resumed_run_id(tmp_path / "global_step_3", tmp_path, state) == "run-A"
+    forked = checkpoint.resumed_run_id(tmp_path / "global_step_3", tmp_path / "elsewhere", state)
+    assert forked not in ("run-A", "") and len(forked) == 32
 
 
 def test_a_valid_edit_of_the_trainer_state_is_refused(tmp_path):
@@ -143,20 +179,20 @@ def test_a_valid_edit_of_the_trainer_state_is_refused(tmp_path):
     edited = json.loads(state_file.read_text()) | {"replay_started": False}
     state_file.write_text(json.dumps(edited))
     with pytest.raises(CheckpointError, match=r"trainer_state.json: missing, or not the file the manifest .* records"):
-        checkpoint.load_state(tmp_path, buffer.config, _fingerprint())
+        _load(tmp_path)
 
 
 def test_other_training_data_under_the_same_ids_is_refused(tmp_path):
     """Finding 4: a training file reusing the question ids applied the buffer to other questions."""
     buffer = _save(tmp_path)
     with pytest.raises(CheckpointError, match=r"question ids \[3\] have another prompt or ground truth .* ids \[\] are missing"):
-        checkpoint.load_state(tmp_path, buffer.config, _fingerprint({3: "another answer"}))
+        _load(tmp_path, fingerprint=_fingerprint({3: "another answer"}))
     fewer = checkpoint.data_fingerprint([0, 1], [[{"role": "user", "content": f"question {q}"}] for q in (0, 1)],
                                         ["answer 0", "answer 1"])
     with pytest.raises(CheckpointError, match=r"ids \[2, 3, 4, 9\] are missing"):
-        checkpoint.load_state(tmp_path, buffer.config, fewer)
+        _load(tmp_path, fingerprint=fewer)
     # New questions beside the saved ones are fine.
-    checkpoint.load_state(tmp_path, buffer.config, _fingerprint({77: "answer 77"}))
+    _load(tmp_path, fingerprint=_fingerprint({77: "answer 77"}))
 
 
 class _RunsCode:
@@ -164,18 +200,47 @@ class _RunsCode:
         return (exec, ("open(__import__('os').environ['EXGRPO_PAYLOAD_MARK'], 'w').write('ran')",))
 
 
-def test_a_data_loader_state_carrying_code_is_refused_before_verl_loads_it(tmp_path, monkeypatch):
-    """Finding 3: verl loads global_step_N/data.pt with weights_only=False, so a pickle payload ran."""
+def _verl_checkpoint(folder, world_size=2):
+    """The files verl 0.9.1 unpickles on resume, with what it saves in them: every rank's model and
+    optimizer shard and extra state (lr scheduler, torch/numpy/random RNG states), and data.pt."""
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    rng = {"cpu": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    (folder / "actor").mkdir(parents=True)
+    for rank in range(world_size):
+        torch.save(model.state_dict(), folder / "actor" / f"model_world_size_{world_size}_rank_{rank}.pt")
+        torch.save(optimizer.state_dict(), folder / "actor" / f"optim_world_size_{world_size}_rank_{rank}.pt")
+        torch.save({"lr_scheduler": scheduler.state_dict(), "rng": rng},
+                   folder / "actor" / f"extra_state_world_size_{world_size}_rank_{rank}.pt")
+    torch.save({"_sampler_iter_yielded": 3, "generator": torch.Generator().get_state(), "nested": [1, {"a": 2.5}]},
+               folder / "data.pt")
+
+
+def test_no_file_verl_unpickles_on_resume_can_run_code(tmp_path, monkeypatch):
+    """Issue 23 item 1 (and finding 3 before it): verl torch.loads data.pt and every rank's model,
+    optim and extra_state shard with weights_only=False; a pickle payload in any of them ran."""
     mark = tmp_path / "payload_ran"
     monkeypatch.setenv("EXGRPO_PAYLOAD_MARK", str(mark))
-    honest = tmp_path / "honest.pt"
-    torch.save({"_sampler_iter_yielded": 3, "generator": torch.Generator().get_state(), "nested": [1, {"a": 2.5}]}, honest)
-    checkpoint.check_dataloader_state(honest)
-    evil = tmp_path / "data.pt"
-    torch.save({"state": _RunsCode()}, evil)
-    with pytest.raises(CheckpointError, match="data.pt: verl's data-loader state holds something other than tensors"):
-        checkpoint.check_dataloader_state(evil)
-    assert not mark.exists()
+    honest = tmp_path / "honest" / "global_step_2"
+    _verl_checkpoint(honest)
+    checkpoint.check_verl_files(honest)
+    torch.save({"state": _RunsCode()}, tmp_path / "payload.pt")
+    torch.load(tmp_path / "payload.pt", weights_only=False)  # as verl loads it: the payload is real
+    assert mark.read_text() == "ran"
+    mark.unlink()
+    for name in ("actor/model_world_size_2_rank_1.pt", "actor/optim_world_size_2_rank_0.pt",
+                 "actor/extra_state_world_size_2_rank_1.pt", "data.pt"):
+        folder = tmp_path / name.replace("/", "_") / "global_step_2"
+        shutil.copytree(honest, folder)
+        original = torch.load(folder / name, weights_only=False)
+        torch.save({**original, "payload": _RunsCode()}, folder / name)
+        with pytest.raises(CheckpointError, match=rf"global_step_2/{name}: holds something other than tensors and "
+                                                  r"plain values .*verl unpickles it, which could run code"):
+            checkpoint.check_verl_files(folder)
+        assert not mark.exists(), name
 
 
 def test_resume_folder_is_found_as_verl_finds_it(tmp_path):
@@ -221,7 +286,7 @@ def test_what_killed_saves_left_is_removed_on_the_next_save_or_load(tmp_path):
 
     # A save killed between its two renames: no experience/, the earlier one set aside. Loading puts it back.
     os.rename(state / "experience", state / ".experience.old-9f")
-    restored, _ = checkpoint.load_state(tmp_path / "global_step_1", buffer.config, _fingerprint())
+    restored, _, _ = _load(tmp_path / "global_step_1")
     assert restored.metrics() == buffer.metrics() and not (state / ".experience.old-9f").exists()
 
 

@@ -10,15 +10,19 @@ buffer it started from gives back, exactly, the buffer after that step.
 
 File layout (little-endian); every record is framed the same way:
 
-    magic "EXGL" | u32 header bytes | u64 blob bytes | 32-byte SHA-256 of header+blob | header | blob
+    magic "EXL2" | u32 header bytes | u64 blob bytes | u32 CRC-32 of the 16 bytes before it
+                 | 32-byte SHA-256 of header+blob | header | blob
 
     header  JSON: {"kind": "base" | "step", ...}; arrays are named by index into the blob
     blob    the arrays' raw bytes, back to back (their dtypes and lengths are in the header)
 
-The first record names the base: the checkpoint (or the fresh buffer) the records apply to.
-Each step record is written, flushed and fsynced before the trainer moves on. A kill in the
-middle of an append leaves a torn last record (short, or failing its checksum): reading drops it
-and `resume` cuts it off. Damage anywhere before the last record is reported as corruption.
+The first record names the base (the checkpoint, or the fresh buffer, the records apply to)
+and the run that writes the log. Each step record is written, flushed and fsynced before the
+trainer moves on. A kill in the middle of an append leaves a torn tail: the file ends inside
+its last record (or, on a filesystem that allocated blocks it never wrote, in zeros). Reading
+drops it and `resume` cuts it off. Anything else that fails a check is damage and is refused,
+wherever it is: a record whose lengths fail their CRC (a length that claims more bytes than the
+file holds cannot pass for a torn write) or whose complete contents fail their SHA-256.
 No pickle: JSON and raw numpy bytes only.
 """
 
@@ -28,7 +32,9 @@ import hashlib
 import json
 import os
 import struct
+import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +45,13 @@ from .persistence import CheckpointError, fsync_directory
 from .results import CheckedGroup, StorableRollout
 
 FORMAT_NAME = "exgrpo-experience-log"
-FORMAT_VERSION = 1
-MAGIC = b"EXGL"
-FRAME = struct.Struct("<4sIQ32s")
+FORMAT_VERSION = 2
+MAGIC = b"EXL2"
+OLDER_MAGICS = {b"EXGL": 1}  # the magic of each earlier format version
+SIZES = struct.Struct("<4sIQ")  # magic, header bytes, blob bytes: what the CRC covers
+LENGTHS = struct.Struct("<4sIQI")  # SIZES and their CRC-32
+FRAME = struct.Struct("<4sIQI32s")  # LENGTHS and the SHA-256 of header+blob
+DELETE_ADVICE = "Move it away (or delete it) to resume from the checkpoint alone, without the steps it logged"
 
 
 @dataclass(frozen=True)
@@ -64,8 +74,9 @@ class StepRecord:
 @dataclass(frozen=True)
 class LogContents:
     base: str
+    run_id: str  # the run that wrote the log
     records: list[StepRecord]
-    good_bytes: int  # the length of the intact part (everything but a torn last record)
+    good_bytes: int  # the length of the intact part (everything but a torn tail)
     torn: bool
 
 
@@ -73,37 +84,53 @@ class LogContents:
 class ExperienceLog:
     """An open log, appended to one record per step."""
 
-    def __init__(self, path: Path, base: str):
-        self.path, self.base = path, base
+    def __init__(self, path: Path, base: str, run_id: str):
+        self.path, self.base, self.run_id = path, base, run_id
 
     @classmethod
-    def start(cls, path: str | os.PathLike, base: str) -> "ExperienceLog":
-        """A new, empty log for `base`, replacing any log at `path` atomically."""
+    def start(cls, path: str | os.PathLike, base: str, run_id: str) -> "ExperienceLog":
+        """A new, empty log for `base` written by run `run_id`, replacing any log at `path`
+        atomically: only for a log whose steps the checkpoint `base` now holds (`resume` keeps
+        any other)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+        first = {"kind": "base", "format": FORMAT_NAME, "version": FORMAT_VERSION, "base": base, "run_id": run_id}
         with open(staging, "wb") as f:
-            f.write(_frame({"kind": "base", "format": FORMAT_NAME, "version": FORMAT_VERSION, "base": base}, []))
+            f.write(_frame(first, []))
             f.flush()
             os.fsync(f.fileno())
         os.replace(staging, path)
         fsync_directory(path.parent)
-        return cls(path, base)
+        return cls(path, base, run_id)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, base: str) -> tuple["ExperienceLog", list[StepRecord], str]:
-        """Continue the log at `path` if it extends `base`: (log, its step records, what happened).
+    def resume(cls, path: str | os.PathLike, base: str, run_id: str | None,
+               fresh: bool = False) -> tuple["ExperienceLog", list[StepRecord], str]:
+        """Continue the log at `path` if run `run_id` wrote it on `base`: (log, its step records,
+        what happened). A torn tail is cut off the file.
 
-        A torn last record is cut off the file. A log of another base (a checkpoint other than
-        the one being resumed) applies to nothing here: a new log for `base` replaces it.
+        A log that applies to nothing here (another base: a checkpoint other than the one being
+        resumed; or any log when `fresh`, a run that continues nothing) is kept: renamed beside
+        `path`, and named in the note. A log of this base written by another run is refused.
+        `run_id` None is a new run that has no checkpoint yet: a log of its base is its own
+        (the same folder, config and data: a restart) and it takes that log's run id; a new
+        log gets a new one.
         """
         path = Path(path)
         if not path.exists():
-            return cls.start(path, base), [], "no experience log yet"
+            return cls.start(path, base, run_id or new_run_id()), [], "no experience log yet"
         contents = read_log(path)
-        if contents.base != base:
-            return cls.start(path, base), [], (f"the experience log extends another checkpoint ({contents.base[:16]}), "
-                                               "not the one resumed; it was set aside")
+        if fresh or contents.base != base:
+            why = "this run continues none" if fresh else \
+                f"it extends another checkpoint ({contents.base[:16]}), not the one resumed"
+            kept = set_aside(path)
+            return cls.start(path, base, run_id or new_run_id()), [], f"{why}: it was set aside, kept as {kept}"
+        if run_id is not None and contents.run_id != run_id:
+            raise CheckpointError(
+                f"experience log {path}: written by run {contents.run_id}, but this run is {run_id} (started from the "
+                f"same checkpoint); refusing to replay another run's {len(contents.records)} steps. "
+                f"{DELETE_ADVICE}, or resume that run from its own trainer.default_local_dir.")
         note = f"{len(contents.records)} step records"
         if contents.torn:
             with open(path, "r+b") as f:
@@ -111,7 +138,7 @@ class ExperienceLog:
                 f.flush()
                 os.fsync(f.fileno())
             note += ", and a torn last record (a kill during its write) dropped"
-        return cls(path, base), contents.records, note
+        return cls(path, base, contents.run_id), contents.records, note
 
     def append(self, step: int, operations: list[Operation], context: dict | None = None,
                buffer_sha256: str | None = None) -> int:
@@ -126,69 +153,94 @@ class ExperienceLog:
         return len(data)
 
 
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def set_aside(path: Path) -> Path:
+    """Rename the file at `path` to an unused name beside it (`<name>.set-aside-<UTC time>-<tag>`);
+    returns that name. Nothing is deleted."""
+    kept = path.with_name(f"{path.name}.set-aside-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}")
+    os.rename(path, kept)
+    fsync_directory(path.parent)
+    return kept
+
+
 def _frame(header: dict, arrays: list[np.ndarray]) -> bytes:
     header["arrays"] = [[array.dtype.str, int(array.shape[0])] for array in arrays]
     header_bytes = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
     blob = b"".join(np.ascontiguousarray(array).tobytes() for array in arrays)
     digest = hashlib.sha256(header_bytes)
     digest.update(blob)
-    return FRAME.pack(MAGIC, len(header_bytes), len(blob), digest.digest()) + header_bytes + blob
+    sizes = SIZES.pack(MAGIC, len(header_bytes), len(blob))
+    return sizes + struct.pack("<I", zlib.crc32(sizes)) + digest.digest() + header_bytes + blob
 
 
 # ---- reading ---------------------------------------------------------------------------------
 def read_log(path: str | os.PathLike) -> LogContents:
-    """Every intact record of the log; CheckpointError for a log that is not one, or is damaged
-    before its last record."""
+    """Every intact record of the log, and whether a torn tail follows them; CheckpointError
+    for a file that is not a log of this format, or holds a damaged record anywhere."""
     path = Path(path)
     data = path.read_bytes()
+    if data[:len(MAGIC)] in OLDER_MAGICS:
+        raise CheckpointError(f"experience log {path}: format version {OLDER_MAGICS[data[:len(MAGIC)]]} (an earlier "
+                              f"exgrpo-verl), this code reads {FORMAT_VERSION}. {DELETE_ADVICE}.")
     if not data.startswith(MAGIC):
-        raise CheckpointError(f"experience log {path}: does not start with an {FORMAT_NAME} header. "
-                              f"Delete it to resume from the checkpoint alone.")
+        raise CheckpointError(f"experience log {path}: does not start with an {FORMAT_NAME} header. {DELETE_ADVICE}.")
     frames, offset, torn = [], 0, False
     while offset < len(data):
-        frame = _read_frame(data, offset)
-        if frame is None:
-            if _is_last(data, offset):
-                torn = True
-                break
-            raise CheckpointError(f"experience log {path}: record at byte {offset} is damaged and is not the last one "
-                                  f"(the file was modified). Delete the log to resume from the checkpoint alone.")
-        header, blob, offset = frame
+        if _ends_inside(data, offset):
+            torn = True
+            break
+        header, blob, offset = _read_frame(path, data, offset, len(frames))
         frames.append((header, blob))
-    if not frames or frames[0][0].get("kind") != "base" or frames[0][0].get("format") != FORMAT_NAME:
-        raise CheckpointError(f"experience log {path}: does not start with an {FORMAT_NAME} header. "
-                              f"Delete it to resume from the checkpoint alone.")
-    if frames[0][0].get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"experience log {path}: format version {frames[0][0].get('version')!r}, this code "
-                              f"reads {FORMAT_VERSION}. Delete it to resume from the checkpoint alone.")
+    first = frames[0][0] if frames else {}
+    if first.get("kind") != "base" or first.get("format") != FORMAT_NAME or first.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"experience log {path}: does not start with an {FORMAT_NAME} version {FORMAT_VERSION} "
+                              f"header. {DELETE_ADVICE}.")
     records = [_decode_step(header, blob) for header, blob in frames[1:]]
-    return LogContents(str(frames[0][0]["base"]), records, offset, torn)
+    return LogContents(str(first["base"]), str(first["run_id"]), records, offset, torn)
 
 
-def _read_frame(data: bytes, offset: int):
-    """(header, blob, next offset) of the record at `offset`, or None if it is short or fails its checksum."""
-    end = offset + FRAME.size
-    if end > len(data):
+def _ends_inside(data: bytes, offset: int) -> bool:
+    """Whether the file ends inside the record at `offset` (a torn tail): a frame whose lengths
+    pass their CRC and reach past the end of the file, or what is left is the start of a frame
+    too short to hold its lengths, or zeros (blocks allocated but never written)."""
+    lengths = _lengths(data, offset)
+    if lengths is not None:
+        return offset + FRAME.size + sum(lengths) > len(data)
+    left = len(data) - offset
+    cut_in_lengths = left < LENGTHS.size and MAGIC.startswith(data[offset:offset + len(MAGIC)])
+    return cut_in_lengths or data.count(0, offset) == left
+
+
+def _lengths(data: bytes, offset: int) -> tuple[int, int] | None:
+    """(header bytes, blob bytes) of the frame at `offset`, or None unless its marker, lengths
+    and their CRC are all there and agree."""
+    if offset + LENGTHS.size > len(data):
         return None
-    magic, header_size, blob_size, sha = FRAME.unpack_from(data, offset)
-    body_end = end + header_size + blob_size
-    if magic != MAGIC or body_end > len(data):
-        return None
-    digest = hashlib.sha256(data[end:end + header_size])
-    digest.update(data[end + header_size:body_end])
-    if digest.digest() != sha:
-        return None
-    header = json.loads(data[end:end + header_size])
-    return header, data[end + header_size:body_end], body_end
+    magic, header_size, blob_size, crc = LENGTHS.unpack_from(data, offset)
+    return (header_size, blob_size) if magic == MAGIC and crc == zlib.crc32(data[offset:offset + SIZES.size]) else None
 
 
-def _is_last(data: bytes, offset: int) -> bool:
-    """Whether a bad record at `offset` may be the torn tail: its frame claims to reach the end
-    of the file or beyond, or is itself cut short (a damaged record followed by others is not)."""
-    if offset + FRAME.size > len(data) or not any(data[offset:]):  # cut short, or blocks never written
-        return True
-    magic, header_size, blob_size, _ = FRAME.unpack_from(data, offset)
-    return magic == MAGIC and offset + FRAME.size + header_size + blob_size >= len(data)
+def _read_frame(path: Path, data: bytes, offset: int, index: int):
+    """(header, blob, next offset) of the record at `offset`, which the file does not end
+    inside; CheckpointError naming it if it is damaged."""
+    lengths = _lengths(data, offset)
+    if lengths is None:
+        why = "its length fields fail their CRC" if data.startswith(MAGIC, offset) else "no record marker where it starts"
+    else:
+        end = offset + FRAME.size
+        body_end = end + sum(lengths)
+        digest = hashlib.sha256(data[end:end + lengths[0]])
+        digest.update(data[end + lengths[0]:body_end])
+        if digest.digest() == FRAME.unpack_from(data, offset)[-1]:
+            return json.loads(data[end:end + lengths[0]]), data[end + lengths[0]:body_end], body_end
+        why = "its contents fail their SHA-256"
+    what = "the log's first record (its header)" if index == 0 else f"record {index}"
+    raise CheckpointError(
+        f"experience log {path}: {what}, at byte {offset}, is damaged ({why}). A kill leaves only a record the file "
+        f"ends inside, so this is damage, not a torn write, and the log is not applied. {DELETE_ADVICE} since.")
 
 
 # ---- operations <-> header + arrays ----------------------------------------------------------

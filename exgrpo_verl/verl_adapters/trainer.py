@@ -43,7 +43,7 @@ from exgrpo_verl.algorithm import trajectory_selection_score
 from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 from exgrpo_verl.data.rows import row_index
 from exgrpo_verl.experience import ExperienceBuffer
-from exgrpo_verl.experience.journal import ExperienceLog
+from exgrpo_verl.experience.journal import ExperienceLog, new_run_id
 from exgrpo_verl.hf_generation import eos_token_ids
 from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate, stores_successes
 from exgrpo_verl.verl_adapters import checkpoint, reward_manager
@@ -115,6 +115,7 @@ class ExGRPOTrainer(PPOTrainerSync):
         self._step_experience: list[int] = []  # experience question ids still to submit this step
         self._experience_uids: dict[str, int] = {}  # this step's experience prompt uid -> question id
         self._experience_log: ExperienceLog | None = None
+        self._run_id: str | None = None  # set by _load_checkpoint; in the manifest of every checkpoint it saves
         # verl's base class means "sync" wherever it checks the mode; ours is sync too.
         with open_dict(config):
             config.trainer.v1.trainer_mode = "sync"
@@ -374,17 +375,19 @@ class ExGRPOTrainer(PPOTrainerSync):
         # Our state first: verl writes latest_checkpointed_iteration.txt last, so any checkpoint
         # it would resume from holds a complete ExGRPO state.
         folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
-        state = checkpoint.TrainerState(self.replay_started, list(self._fresh_carry), self.group_size)
+        state = checkpoint.TrainerState(self.replay_started, list(self._fresh_carry),
+                                        checkpoint.run_settings(self.settings, self.group_size), self._run_id)
         checkpoint.save_state(folder, self.experience, state, self._data_fingerprint)
         super()._save_checkpoint()
         if self._experience_log is not None:  # the checkpoint now holds everything logged
-            self._experience_log = ExperienceLog.start(self._experience_log.path, checkpoint.state_digest(folder))
+            self._experience_log = ExperienceLog.start(self._experience_log.path, checkpoint.state_digest(folder),
+                                                       self._run_id)
         checkpoint.tidy(self.config.trainer.default_local_dir)
 
     def _load_checkpoint(self):
         resume_from = checkpoint.resume_folder(self.config.trainer)
-        if resume_from is not None:  # before verl unpickles its data-loader state
-            checkpoint.check_dataloader_state(os.path.join(resume_from, "data.pt"))
+        if resume_from is not None:  # before verl unpickles any of its files
+            checkpoint.check_verl_files(resume_from)
         super()._load_checkpoint()
         if self.global_steps == 0:  # a new run, or one killed before its first checkpoint
             self._open_experience_log(self._new_run_base())
@@ -393,7 +396,11 @@ class ExGRPOTrainer(PPOTrainerSync):
             folder = os.path.abspath(self.config.trainer.resume_from_path)
         else:
             folder = os.path.join(os.path.abspath(self.config.trainer.default_local_dir), f"global_step_{self.global_steps}")
-        self.experience, state = checkpoint.load_state(folder, self.experience.config, self._data_fingerprint)
+        self.experience, state, changes = checkpoint.load_state(folder, self.experience.config, self._data_fingerprint,
+                                                                checkpoint.run_settings(self.settings, self.group_size))
+        for change in changes:
+            print(f"ExGRPO: resume changes {change}", flush=True)
+        self._run_id = checkpoint.resumed_run_id(folder, self.config.trainer.default_local_dir, state)
         unknown = [qid for qid in state.fresh_carry if qid not in self._position_of]
         if unknown:
             raise ValueError(
@@ -414,14 +421,15 @@ class ExGRPOTrainer(PPOTrainerSync):
         return f"new run {digest.hexdigest()}"
 
     def _open_experience_log(self, base: str) -> None:
-        """Replay the log's steps on the buffer just restored (`base`), then log from there."""
+        """Replay the log's steps on the buffer just restored (`base`), then log from there.
+        A new run without a log gets its run id here (with a log: the log's, see ExperienceLog.resume)."""
         if not (self.settings.enabled and self.settings.experience_log):
+            self._run_id = self._run_id or new_run_id()
             return
         path = os.path.join(self.config.trainer.default_local_dir, EXPERIENCE_LOG)
-        if self.config.trainer.resume_mode == "disable":
-            self._experience_log, records, note = ExperienceLog.start(path, base), [], "a new run"
-        else:
-            self._experience_log, records, note = ExperienceLog.resume(path, base)
+        self._experience_log, records, note = ExperienceLog.resume(
+            path, base, self._run_id, fresh=self.config.trainer.resume_mode == "disable")
+        self._run_id = self._experience_log.run_id
         for record in records:
             self.experience.replay(record.operations)
             self.replay_started = bool(record.context.get("replay_started", self.replay_started))
