@@ -115,7 +115,16 @@ def test_resume_restores_buffer_phase_and_retired_set_and_continues(first_run, t
     saved_state = json.loads((saved / "trainer_state.json").read_text())
     saved_buffer = ExperienceBuffer.load(saved / "experience")
 
-    more, observations = _train(tiny_qwen2, train, val, out, FIRST_STEPS + MORE_STEPS, resume=True)
+    # verl's real FSDP2 shards, extra state and data.pt pass the check run before verl unpickles them
+    # (the resume below runs it too); a changed ratio is accepted with a line (issue 23 items 1, 5).
+    more, observations = _train(tiny_qwen2, train, val, out, FIRST_STEPS + MORE_STEPS, resume=True,
+                                extra=("exgrpo.replay_ratio=0.25",))
+    log = (out / f"train_{FIRST_STEPS + MORE_STEPS}.log").read_text()
+    assert "ExGRPO: resume changes exgrpo.replay_ratio 0.5 -> 0.25 (the share of experience questions" in log
+    # The resumed run is the same run: every checkpoint it saves carries the run id of the one it resumed.
+    run_ids = {json.loads((out / "checkpoints" / f"global_step_{step}" / "exgrpo" / "manifest.json").read_text())["run_id"]
+               for step in (FIRST_STEPS, FIRST_STEPS + MORE_STEPS)}
+    assert len(run_ids) == 1
     (restored,) = [o for o in observations if o["kind"] == "restored"]
     assert restored["step"] == FIRST_STEPS
     assert restored["replay_started"] == saved_state["replay_started"] == (steps[-1]["exgrpo/replay_active"] == 1.0)

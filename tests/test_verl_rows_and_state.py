@@ -150,7 +150,7 @@ def test_setting_changes_on_resume_are_accepted_with_a_line_or_refused_by_name(t
     changed = checkpoint.run_settings(ExGRPOConfig(replay_ratio=0.25, loss=ExGRPOLossConfig(shaping_beta=0.2)), 4)
     _, _, changes = _load(tmp_path, settings=changed)
     assert changes == ["exgrpo.loss.shaping_beta 0.1 -> 0.2 (the loss applies to later updates)",
-                       "exgrpo.replay_ratio 0.5 -> 0.25 (the share of experience questions in later steps (0 pauses replay))"]
+                       "exgrpo.replay_ratio 0.5 -> 0.25 (the share of experience questions in later steps; 0 pauses replay)"]
     with pytest.raises(CheckpointError, match=r"this run changes settings a resume must keep: actor_rollout_ref.rollout.n "
                                               r"4 -> 8 \(the buffer's buckets and stored groups are counts out of K\)"):
         _load(tmp_path, ExperienceConfig(group_size=8), settings=checkpoint.run_settings(ExGRPOConfig(), 8))

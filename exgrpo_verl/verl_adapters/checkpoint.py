@@ -75,7 +75,7 @@ class ResumeRule:
 # that may change on resume needs a row here.
 RESUME_RULES = (
     ResumeRule("actor_rollout_ref.rollout.n", False, "the buffer's buckets and stored groups are counts out of K"),
-    ResumeRule("exgrpo.replay_ratio", True, "the share of experience questions in later steps (0 pauses replay)"),
+    ResumeRule("exgrpo.replay_ratio", True, "the share of experience questions in later steps; 0 pauses replay"),
     ResumeRule("exgrpo.start_solve_rate", True, "it only decides when replay starts"),
     ResumeRule("exgrpo.collect_during_warmup", True, "it decides what later steps store"),
     ResumeRule("exgrpo.store_from_switch_step", True, "it decides what later steps store"),
@@ -285,7 +285,7 @@ def check_verl_files(folder: str | os.PathLike) -> None:
                 restart = "delete it to restart the data order, or " if path.name == "data.pt" else ""
                 raise CheckpointError(
                     f"{path}: holds something other than tensors and plain values (or is damaged), so it is not "
-                    f"loaded: verl unpickles it, which could run code ({_refusal(error)}). "
+                    f"loaded: verl unpickles it, which could run code ({_refusal(error)}); "
                     f"{restart}{START_ANEW}"
                 ) from None
     finally:

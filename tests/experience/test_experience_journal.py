@@ -102,10 +102,13 @@ def test_a_bad_length_field_is_damage_not_a_torn_write(tmp_path):
     and a torn last record dropped'; the run went on without the logged experience."""
     sizes = logged_steps(tmp_path / "log.bin")
     whole = (tmp_path / "log.bin").read_bytes()
-    for offset, where in ((4, "the log's first record \\(its header\\), at byte 0"),  # header bytes of record 0
-                          (sum(sizes[:-1]) + 9, rf"record 3, at byte {sum(sizes[:-1])}")):  # blob bytes of the last
+    # A high byte of the header length of record 0 (the base) and record 1 (the first step), and
+    # of the last record's blob length.
+    for offset, where in ((7, "the log's first record \\(its header\\), at byte 0"),
+                          (sizes[0] + 7, rf"record 1, at byte {sizes[0]}"),
+                          (sum(sizes[:-1]) + 14, rf"record 3, at byte {sum(sizes[:-1])}")):
         data = bytearray(whole)
-        data[offset] ^= 0x40  # the record now claims more bytes than the file holds, as a torn one would
+        data[offset] ^= 0x01  # the record now claims more bytes than the file holds, as a torn one would
         (tmp_path / "log.bin").write_bytes(bytes(data))
         with pytest.raises(CheckpointError, match=rf"{where}, is damaged \(its length fields fail their CRC\)"):
             ExperienceLog.resume(tmp_path / "log.bin", base="b", run_id="run-A")
