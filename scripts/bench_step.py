@@ -10,14 +10,15 @@ the selection pass, runs from step 2 on: every measured ExGRPO step pays the ful
 
 Printed per method (seconds, medians over the measured steps, from verl's `timing_s/*` metrics):
   step, gen (waiting for the step's rollouts: agent loop, rollout server, TransferQueue, reward),
-  gen/server_model (the rollout server's batched generate calls, summed), gen/agent_loop (the
-  agent loop's mean per-sample generate time), exgrpo_select (the selection pass), old_log_prob,
+  gen/agent_loop (the agent loop's mean per-sample generate time, where verl reports it; the
+  profile splits the rest of gen by process), exgrpo_select (the selection pass), old_log_prob,
   adv, update_actor, update_weights (weights to the rollout server), exgrpo_collect, and the
   checkpoint of the last step; then the process start to the first step's metrics (the first
   step included), the ExGRPO / GRPO step ratio, and the load average.
 `--eval` also times the held-out evaluation of the warm start (400 questions x 8 samples).
-`--profile S` samples every Python process of the ExGRPO run with py-spy for S seconds after its
-second step and prints each process's top functions (own time), saved under --out/profile/.
+`--profile S` samples every Python process of the ExGRPO run with py-spy for S seconds from its
+step `--steps` - 4 on (the later steps are left out of its medians) and prints each process's top
+functions (own time), saved under --out/profile/.
 """
 
 from __future__ import annotations
@@ -38,16 +39,20 @@ from exgrpo_verl import miniature
 from exgrpo_verl.miniature import RunSpec, StudySettings
 
 PHASES = [
-    "step", "gen", "gen/server_model", "gen/agent_loop", "reward", "exgrpo_select", "old_log_prob", "adv",
+    "step", "gen", "gen/agent_loop", "reward", "exgrpo_select", "old_log_prob", "adv",
     "update_actor", "update_weights", "exgrpo_collect",
 ]
 METHOD_OVERRIDES = {"grpo": [], "exgrpo": ["exgrpo.start_solve_rate=0.0"]}
 
 
+def profile_after_step(steps: int) -> int:
+    """The profiled run's last measured step: py-spy starts once its metrics are in."""
+    return steps - 4
+
+
 def phase_seconds(row: dict) -> dict[str, float]:
     """One step's phases from its metrics row (absent phases are left out)."""
     names = {phase: f"timing_s/{phase}" for phase in PHASES}
-    names["gen/server_model"] = "exgrpo_cpu/rollout_model_s"
     names["gen/agent_loop"] = "timing_s/agent_loop/generate_sequences/mean"
     return {phase: float(row[key]) for phase, key in names.items() if key in row}
 
@@ -60,7 +65,7 @@ def medians(rows: list[dict]) -> dict[str, float]:
     return {phase: statistics.median(values) for phase, values in by_phase.items()}
 
 
-def run_method(method: str, settings: StudySettings, model: Path, data: dict, out: Path, profile_s: float) -> dict:
+def run_method(method: str, settings: StudySettings, model: Path, data: dict, out: Path, profile_s: float, profile_after: int) -> dict:
     from exgrpo_verl.cpu_runtime.launch import run_training
 
     run = RunSpec(method)
@@ -79,8 +84,8 @@ def run_method(method: str, settings: StudySettings, model: Path, data: dict, ou
         if not first_step_at:
             first_step_at.append(time.perf_counter())
         print(f"  [{method}] step {row['step']}: {row['timing_s/step']:.2f} s", flush=True)
-        if profile_s and row["step"] == 2 and not profiler:
-            profiler.append(threading.Thread(target=profile_processes, args=(out / "profile" / method, profile_s)))
+        if profile_s and row["step"] == profile_after and not profiler:
+            profiler.append(threading.Thread(target=profile_processes, args=(run_dir, out / "profile" / method, profile_s)))
             profiler[0].start()
 
     started = time.perf_counter()
@@ -93,14 +98,18 @@ def run_method(method: str, settings: StudySettings, model: Path, data: dict, ou
     return {"rows": rows, "start_to_first_step_s": first_step_at[0] - started}
 
 
-def profile_processes(folder: Path, seconds: float) -> None:
-    """py-spy `raw` profiles of the run's Python processes (the trainer and Ray's workers)."""
+def profile_processes(run_dir: Path, folder: Path, seconds: float) -> None:
+    """py-spy `raw` profiles of the run's Python processes: its trainer process (the one whose
+    command line names `run_dir`) and every Ray worker below it."""
     folder.mkdir(parents=True, exist_ok=True)
-    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    listing = [line.split(None, 2) for line in subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout.splitlines()]
+    listing = [(pid, ppid, args[0] if args else "") for pid, ppid, *args in listing]
+    tree = {pid for pid, _, args in listing if "exgrpo_verl.main" in args and str(run_dir) in args}
+    for _ in range(4):  # trainer -> raylet -> workers
+        tree |= {pid for pid, ppid, _ in listing if ppid in tree}
     targets = {}
-    for line in listing.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if "exgrpo_verl.main" in args or args.startswith("ray::"):
+    for pid, _, args in listing:
+        if pid in tree and ("exgrpo_verl.main" in args or args.startswith("ray::")):
             targets[pid] = args.split()[0].replace("ray::", "").replace("/", "_")[:40] or pid
     spy = shutil.which("py-spy") or str(Path(os.sys.executable).with_name("py-spy"))
     jobs = [
@@ -142,16 +151,19 @@ def main() -> None:
     parser.add_argument("--profile", type=float, default=0, help="py-spy seconds per process during the ExGRPO run")
     parser.add_argument("--out", default="outputs/bench_step")
     args = parser.parse_args()
-    if args.steps < args.skip + 2:
-        raise SystemExit(f"--steps {args.steps}: needs at least --skip + 2 = {args.skip + 2}")
+    if args.steps < args.skip + (5 if args.profile else 2):
+        raise SystemExit(f"--steps {args.steps}: needs at least --skip + 2 (+ 3 with --profile)")
 
     out = Path(args.out).resolve()
     settings = replace(StudySettings(), steps=args.steps, checkpoints=1)
     data, models = miniature.prepare(settings, out, {"medium"})
     report = {"load_average_start": os.getloadavg(), "methods": {}}
     for method in args.methods:
-        result = run_method(method, settings, models["medium"], data, out, args.profile if method == "exgrpo" else 0)
-        measured = [row for row in result["rows"] if args.skip < row["step"] < args.steps]
+        profile_s = args.profile if method == "exgrpo" else 0
+        # py-spy slows what it samples: the steps after it starts are left out of the medians.
+        last_measured = profile_after_step(args.steps) if profile_s else args.steps - 1
+        result = run_method(method, settings, models["medium"], data, out, profile_s, last_measured)
+        measured = [row for row in result["rows"] if args.skip < row["step"] <= last_measured]
         last = [row for row in result["rows"] if row["step"] == args.steps]
         report["methods"][method] = {
             "medians": medians(measured),

@@ -139,6 +139,7 @@ def test_generated_rollouts_exclude_replayed_slots():
     assert generated_rollouts_per_step(rows, batch=4, rollouts=8).tolist() == [32.0, 29.0]
 
 
+@pytest.mark.slow  # two trainer launches and three evaluations: `make test-slow`
 def test_quick_study_runs_grpo_and_exgrpo_through_verl_and_writes_tables(tmp_path):
     """The pipeline end to end on a few steps: warm start, two trainings through python -m
     exgrpo_verl.main on the CPU runtime, held-out evaluation, tables and plots."""

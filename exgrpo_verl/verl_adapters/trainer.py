@@ -288,6 +288,7 @@ class ExGRPOTrainer(PPOTrainerSync):
                 rows.append(build_replayed_row(sibling, response, torch.from_numpy(candidate.log_probs), candidate.reward, 0))
                 owners.append(qid)
         if not rows:
+            metrics["exgrpo/selection_tokens"] = 0
             return {qid: np.asarray(values) for qid, values in scores.items()}
         prefix = f"exgrposelect{uuid.uuid4().hex}"
         keys = [trajectory_key(prefix, i) for i in range(len(rows))]
