@@ -96,14 +96,6 @@ def question_positions(extra_infos) -> dict[int, int]:
     return positions
 
 
-def selection_micro_batch(rows: int, ranks: int, configured: int) -> int:
-    """Rows per micro-batch of the selection pass: the configured log-prob micro-batch, or fewer
-    when the candidates would not fill one per rank, min(configured, ceil(rows / ranks)); the
-    batch is then padded to a multiple of ranks x that, not to a whole configured micro-batch
-    per rank (32 candidates, 1 rank, micro-batch 64: no padding rather than 32 padding rows)."""
-    return max(1, min(configured, -(-rows // ranks)))
-
-
 def _padded(nested: torch.Tensor) -> torch.Tensor:
     return torch.nested.to_padded_tensor(nested, 0.0) if nested.is_nested else nested
 
@@ -297,11 +289,8 @@ class ExGRPOTrainer(PPOTrainerSync):
         candidates = KVBatchMeta(partition_id="train", keys=keys, tags=tags)
         # Inference only: pad to what the log-prob pass splits into (data-parallel ranks x
         # micro-batches); verl's _balance_batch would pad to a whole PPO mini-batch of B*K rows.
-        ranks, micro_batch = self._log_prob_batch_shape(len(rows))
-        candidates = upsample_batch_to_divisible_size(candidates, ranks * (micro_batch or 1), self.tokenizer.eos_token_id)
+        candidates = upsample_batch_to_divisible_size(candidates, self._log_prob_batch_multiple(), self.tokenizer.eos_token_id)
         candidates.extra_info.update({"calculate_entropy": True, "compute_loss": False, "temperature": 1.0})
-        if micro_batch:
-            candidates.extra_info["micro_batch_size_per_gpu"] = micro_batch
         self.actor_rollout_wg.compute_log_prob(candidates)
         data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["entropy", "log_probs", "response_mask"])
         tq.kv_clear(keys=candidates.keys, partition_id="train")
@@ -317,18 +306,16 @@ class ExGRPOTrainer(PPOTrainerSync):
             scores.setdefault(qid, []).append(score)
         return {qid: np.asarray(values) for qid, values in scores.items()}
 
-    def _log_prob_batch_shape(self, rows: int) -> tuple[int, int | None]:
-        """(data-parallel ranks, rows per micro-batch) of a compute_log_prob pass over `rows` rows:
-        the actor's data-parallel size (read as verl's _balance_batch reads it) and
-        `selection_micro_batch` (None when micro-batches are sized by tokens)."""
+    def _log_prob_batch_multiple(self) -> int:
+        """Rows a compute_log_prob batch must be a multiple of: the actor's data-parallel size
+        (read as verl's _balance_batch reads it) times the log-prob micro-batch, unless
+        micro-batches are sized by tokens."""
         dispatch = self.actor_rollout_wg._dispatch_info
         if "actor" not in dispatch:
             dispatch["actor"] = self.actor_rollout_wg._query_dispatch_info("actor")
-        ranks = max(dispatch["actor"]) + 1
         rollout = self.config.actor_rollout_ref.rollout
-        if rollout.log_prob_use_dynamic_bsz:
-            return ranks, None
-        return ranks, selection_micro_batch(rows, ranks, rollout.log_prob_micro_batch_size_per_gpu)
+        micro_batch = 1 if rollout.log_prob_use_dynamic_bsz else rollout.log_prob_micro_batch_size_per_gpu
+        return (max(dispatch["actor"]) + 1) * micro_batch
 
     # ---- 3. stored behaviour log-probs for replayed rows -------------------------------------
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
