@@ -77,14 +77,3 @@ def test_trajectory_keys_round_trip_and_parse_like_verls_agent_loop_keys():
     assert trajectory_key(uid, 7) == f"{uid}_7_0"  # verl's agent loop: f"{uid}_{session_id}_{i}"
     assert uid_of_key(trajectory_key(uid, 7, 2)) == uid
     assert uid_of_key("exgrposelectabc_12_0") == "exgrposelectabc"
-
-
-def test_the_selection_pass_pads_its_candidates_to_ranks_times_a_micro_batch_they_fill():
-    """ceil(rows / ranks), never more than the configured log-prob micro-batch: 32 candidates on
-    one rank with micro-batch 64 run as they are, not padded with 32 empty rows."""
-    from exgrpo_verl.verl_adapters.trainer import selection_micro_batch
-
-    assert selection_micro_batch(rows=32, ranks=1, configured=64) == 32
-    assert selection_micro_batch(rows=100, ranks=1, configured=64) == 64
-    assert selection_micro_batch(rows=10, ranks=4, configured=16) == 3  # padded to 12 rows, 3 per rank
-    assert selection_micro_batch(rows=1, ranks=8, configured=16) == 1
