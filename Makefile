@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Reinstall when setup.py changes.
 STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: demo test venv
+.PHONY: demo test test-slow test-all venv
 
 venv: $(STAMP)
 
@@ -26,3 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# The tests marked slow (pytest.ini): each launches the trainer several times.
+test-slow: $(STAMP)
+	$(PY) -m pytest tests -m slow
+
+test-all: $(STAMP)
+	$(PY) -m pytest tests -m "slow or not slow"

@@ -28,6 +28,8 @@ setup(
         "exgrpo_verl.trainer_configs": ["*.yaml", "preset/*.yaml"],
         # The release's evaluation files (under 1 MB): tests and prepare_data.py --dataset valid read them.
         "exgrpo_verl.data": ["eval/*.parquet", "eval/*.json", "eval/README.md"],
+        # The miniature study's warm starts (~2 MB each), the same bytes on every machine (tasks/warm_start.py).
+        "exgrpo_verl.tasks": ["shipped_warm_starts/*.safetensors", "shipped_warm_starts/manifest.json"],
     },
     install_requires=[
         "verl==0.9.1",

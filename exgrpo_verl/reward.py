@@ -16,6 +16,9 @@ It never raises: a grader error or timeout scores 0.
 """
 
 # No `from __future__ import annotations`: verl may load this file by path (see graders.py).
+import re
+
+from exgrpo_verl.answers import final_answer_text, last_boxed
 from exgrpo_verl.evaluation import graders
 
 THINK_OPEN = "<think>\n"
@@ -31,6 +34,25 @@ def release_answer_text(response: str) -> str | None:
     return text.split(THINK_CLOSE, 1)[1]
 
 
+# A canonical integer of at most 9 digits: no sign but a minus, no leading zero, no "-0".
+_CANONICAL_INTEGER = re.compile(r"0|-?[1-9][0-9]{0,8}")
+
+
+def canonical_integer_verdict(graded_text: str, ground_truth: str) -> float | None:
+    """math-verify's verdict without math-verify, where it is a string comparison: when the ground
+    truth and the last box of the graded text (the answer `grade_math_verify` would send to
+    math-verify) are both canonical integers, each denotes one integer and distinct strings
+    denote distinct integers, so the verdict is 1.0 iff they are equal. None otherwise (ask
+    math-verify). tests/test_reward.py checks it against math-verify on every answer of the
+    miniature's sets and on the release's integer evaluation answers."""
+    if not _CANONICAL_INTEGER.fullmatch(ground_truth):
+        return None
+    boxed = last_boxed(final_answer_text(graded_text))
+    if boxed is None or not _CANONICAL_INTEGER.fullmatch(boxed):
+        return None
+    return float(boxed == ground_truth)
+
+
 def release_reward(response: str, ground_truth: str) -> float:
     """1.0 when the thinking is closed and math-verify finds the ground truth after it, else 0.0."""
     answer = release_answer_text(response)
@@ -38,7 +60,9 @@ def release_reward(response: str, ground_truth: str) -> float:
         return 0.0
     # The project's math-verify grader reads the text after the last `</think>` and prefers its last
     # box; on the release's answer text that is the same final answer.
-    return graders.grade_math_verify(THINK_CLOSE + answer, str(ground_truth)).score
+    graded = THINK_CLOSE + answer
+    verdict = canonical_integer_verdict(graded, str(ground_truth))  # ~8 ms of math-verify saved per sample
+    return verdict if verdict is not None else graders.grade_math_verify(graded, str(ground_truth)).score
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:

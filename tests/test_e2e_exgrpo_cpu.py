@@ -98,7 +98,8 @@ def test_exgrpo_metrics_are_logged(first_run):
             assert key in row, key
         assert 0 < row["exgrpo/replay_fraction"] <= 0.5
         assert 0 < row["exgrpo/replay_shaped_weight_mean"] < 1  # f(w) = w / (w + beta) < 1
-        assert row["exgrpo/selection_tokens"] > 0
+    # Questions with a single usable stored trajectory are not scored, so a step may score nothing.
+    assert any(row["exgrpo/selection_tokens"] > 0 for row in replay_steps)
 
 
 def test_retired_questions_are_never_fetched_again(first_run):

@@ -10,6 +10,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 
 import fault_injection  # noqa: E402
+import pytest  # noqa: E402
+
+pytestmark = pytest.mark.slow  # eight trainer launches: `make test-slow`
 
 
 def test_kills_at_random_and_inside_a_save_resume_from_the_latest_complete_checkpoint(tmp_path):

@@ -139,6 +139,7 @@ def test_generated_rollouts_exclude_replayed_slots():
     assert generated_rollouts_per_step(rows, batch=4, rollouts=8).tolist() == [32.0, 29.0]
 
 
+@pytest.mark.slow  # two trainer launches and three evaluations: `make test-slow`
 def test_quick_study_runs_grpo_and_exgrpo_through_verl_and_writes_tables(tmp_path):
     """The pipeline end to end on a few steps: warm start, two trainings through python -m
     exgrpo_verl.main on the CPU runtime, held-out evaluation, tables and plots."""
@@ -170,3 +171,29 @@ def test_warm_starts_are_saved_at_each_step_and_reused_from_the_cache(tmp_path):
     one, two = (AutoModelForCausalLM.from_pretrained(folders[n]) for n in (1, 2))
     assert any(not (a == b).all() for a, b in zip(one.parameters(), two.parameters()))  # step 2 trained further
     assert not list(tmp_path.glob(".*"))  # no staging folder left behind
+
+
+def test_the_study_starts_are_installed_from_the_shipped_weights_after_a_hash_check(tmp_path):
+    """The same start on every machine: a fresh cache gets the shipped bytes (no training), and a
+    damaged shipped file is refused by name."""
+    import json
+    import shutil
+
+    from exgrpo_verl.tasks.warm_start import SHIPPED_DIR, STRENGTHS, WarmStartSpec, file_sha256, shipped_starts, warm_start, warm_starts
+
+    manifest = shipped_starts(SHIPPED_DIR)
+    assert sorted(entry["steps"] for entry in manifest.values()) == sorted(STRENGTHS.values())
+    spec = WarmStartSpec(steps=STRENGTHS["medium"])
+    entry = manifest[spec.digest()]
+    folder = warm_start(spec, cache_dir=tmp_path / "cache", progress=False)
+    assert file_sha256(folder / "model.safetensors") == entry["weights_sha256"]
+    assert json.loads((folder / "exgrpo_warm_start.json").read_text())["source"] == "shipped"
+
+    damaged = tmp_path / "shipped"
+    shutil.copytree(SHIPPED_DIR, damaged)
+    weights = damaged / entry["weights"]
+    content = weights.read_bytes()
+    weights.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+
+    with pytest.raises(ValueError, match=f"{weights}: sha256 .* the shipped warm start is damaged"):
+        warm_starts(spec, [spec.steps], cache_dir=tmp_path / "other", progress=False, shipped_dir=damaged)

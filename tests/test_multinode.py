@@ -170,6 +170,7 @@ def _nodes_of_actors(cluster) -> dict[str, set[str]]:
     return placed
 
 
+@pytest.mark.slow  # a second raylet and a trainer launch: `make test-slow`
 def test_two_nodes_train_exgrpo(two_node_cluster, tiny_qwen2, char_hunt_files, tmp_path):
     cluster = two_node_cluster
     train, val = char_hunt_files

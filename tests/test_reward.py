@@ -34,3 +34,40 @@ def test_release_reward_scores_off_the_main_thread_as_verl_calls_it():
     with ThreadPoolExecutor(2) as pool:
         scores = list(pool.map(lambda case: reward.compute_score("math", case[0], case[1]), CASES))
     assert scores == [case[2] for case in CASES]
+
+
+def _release_integer_answers() -> set[str]:
+    import re
+    from pathlib import Path
+
+    import pandas as pd
+
+    folder = Path(reward.__file__).parent / "data" / "eval"
+    truths = {row["ground_truth"] for name in ("math_valid", "math_test_id") for row in pd.read_parquet(folder / f"{name}.parquet")["reward_model"]}
+    return {truth for truth in truths if re.fullmatch(r"0|-?[1-9][0-9]{0,8}", truth)}
+
+
+def test_the_integer_fast_path_gives_math_verifys_verdict_on_every_answer_it_applies_to():
+    """Every answer of the miniature (the task keeps every value in [0, value_max]) and every
+    integer answer of the release's math evaluation sets, against a right and a wrong integer
+    answer: the fast path's verdict is math-verify's own (called directly, no fast path)."""
+    from exgrpo_verl.evaluation.math_verify_worker import math_verify_compare
+    from exgrpo_verl.tasks.arithmetic import ArithmeticTask
+
+    miniature = {str(value) for value in range(ArithmeticTask().value_max + 1)}
+    release = _release_integer_answers()
+    assert len(release) > 300  # 318 distinct integer answers in math_valid + math_test_id
+    for truth in sorted(miniature | release):
+        for predicted in (truth, str(int(truth) + 1)):
+            graded = f"</think>so \\boxed{{{predicted}}}"
+            fast = reward.canonical_integer_verdict(graded, truth)
+            assert fast == math_verify_compare(truth, f"\\boxed{{{predicted}}}", 5).score, (truth, predicted)
+
+
+@pytest.mark.parametrize("graded, truth", [
+    ("</think>\\boxed{007}", "7"), ("</think>\\boxed{-0}", "0"), ("</think>\\boxed{+7}", "7"),
+    ("</think>\\boxed{7.0}", "7"), ("</think>\\boxed{1,000}", "1000"), ("</think>the answer is 7", "7"),
+    ("</think>\\boxed{7}", "\\frac{14}{2}"), ("</think>\\boxed{1234567890}", "1234567890"),
+])
+def test_the_integer_fast_path_leaves_everything_else_to_math_verify(graded, truth):
+    assert reward.canonical_integer_verdict(graded, truth) is None

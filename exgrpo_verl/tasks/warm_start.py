@@ -7,13 +7,18 @@ imperfect (one step off, the error carried to the answer), with more easy than h
 How long it trains sets how strong it starts: `STRENGTHS` names the step counts used by the
 miniature study (weak / medium / strong).
 
-Deterministic within one environment (seeded data order and initialisation, one thread pool
-size), not across machines: the same spec rebuilt on a fresh 2-core VM and venv held out .363
-where the miniature study's first machine had .311 (float kernels and unpinned library versions
-can differ, and 500 supervised steps amplify small differences). It is cached by a hash of everything that
-defines it, and written atomically, so a second call returns at once:
+Training is deterministic within one environment (seeded data order and initialisation, one
+thread pool size), not across machines: the same spec rebuilt on a fresh 2-core VM and venv held
+out .363 where the miniature study's first machine had .311 (float kernels and unpinned library
+versions differ, and 500 supervised steps amplify small differences). So the study's starts
+(`STRENGTHS`, default spec) are not trained but shipped: their weights (~2 MB each) sit in
+`shipped_warm_starts/` beside this file, listed with their sha256 in its manifest, and are
+installed into the cache after the hash check; every machine starts from the same bytes. Other
+specs are trained here. A start is cached by a hash of everything that defines it, and written
+atomically, so a second call returns at once:
 
     python -m exgrpo_verl.tasks.warm_start --strength medium
+    python -m exgrpo_verl.tasks.warm_start --ship      # maintainers: train the study's starts, ship them
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ from exgrpo_verl.tiny_models import TinyModelSpec, build_tiny_model, default_cac
 
 BUILD_VERSION = 1
 _READY_MARKER = "exgrpo_warm_start.json"
+SHIPPED_DIR = Path(__file__).with_name("shipped_warm_starts")
+_MANIFEST = "manifest.json"
+# The base model's files a shipped start takes as they are (all but the weights are text built
+# from the spec, identical on every machine).
+_BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 def reasoner_model_spec(seed: int = 0) -> TinyModelSpec:
@@ -83,20 +93,69 @@ def warm_start(spec: WarmStartSpec, cache_dir: str | os.PathLike | None = None, 
     return warm_starts(spec, [spec.steps], cache_dir, progress)[spec.steps]
 
 
-def warm_starts(spec: WarmStartSpec, steps: list[int], cache_dir=None, progress: bool = True) -> dict[int, Path]:
-    """Models after each of `steps` supervised steps, from one training run (the learning rate is
-    constant after warm-up, so a prefix of a longer run is the shorter run)."""
+def warm_starts(spec: WarmStartSpec, steps: list[int], cache_dir=None, progress: bool = True,
+                shipped_dir: Path | None = SHIPPED_DIR) -> dict[int, Path]:
+    """Models after each of `steps` supervised steps: the shipped weights where `shipped_dir` has
+    them (hash-checked), the rest from one training run (the learning rate is constant after
+    warm-up, so a prefix of a longer run is the shorter run)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir().parent / "warm_starts"
+    shipped = shipped_starts(shipped_dir)
     folders = {n: cache_dir / f"reasoner-{replace(spec, steps=n).digest()}" for n in steps}
-    missing = sorted(n for n, folder in folders.items() if not _is_ready(folder, replace(spec, steps=n)))
+    missing = []
+    for n, folder in sorted(folders.items()):
+        entry = shipped.get(replace(spec, steps=n).digest())
+        if _is_ready(folder, replace(spec, steps=n), entry):
+            continue
+        if entry is None:
+            missing.append(n)
+        else:
+            _install_shipped(replace(spec, steps=n), folder, shipped_dir / entry["weights"], entry["weights_sha256"])
     if missing:
         _train(replace(spec, steps=max(missing)), {n: folders[n] for n in missing}, progress)
     return folders
 
 
-def _is_ready(folder: Path, spec: WarmStartSpec) -> bool:
+def shipped_starts(shipped_dir: Path | None) -> dict[str, dict]:
+    """{spec digest: manifest entry} of the starts shipped in `shipped_dir` (none without one)."""
+    manifest = Path(shipped_dir) / _MANIFEST if shipped_dir else None
+    return json.loads(manifest.read_text()) if manifest and manifest.exists() else {}
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _is_ready(folder: Path, spec: WarmStartSpec, shipped_entry: dict | None = None) -> bool:
+    """The cached folder holds this spec's start; for a shipped spec, the shipped bytes (a start
+    trained here before the weights were shipped is replaced)."""
     marker = folder / _READY_MARKER
-    return marker.exists() and json.loads(marker.read_text()).get("digest") == spec.digest()
+    if not marker.exists():
+        return False
+    info = json.loads(marker.read_text())
+    if info.get("digest") != spec.digest():
+        return False
+    return shipped_entry is None or info.get("weights_sha256") == shipped_entry["weights_sha256"]
+
+
+def _install_shipped(spec: WarmStartSpec, folder: Path, weights: Path, sha256: str) -> None:
+    """The shipped start in `folder`: the base model's text files (tokenizer, configs) with the
+    shipped weights, refused unless their sha256 is the manifest's."""
+    actual = file_sha256(weights) if weights.exists() else "missing"
+    if actual != sha256:
+        raise ValueError(
+            f"{weights}: sha256 {actual}, the manifest ({weights.parent / _MANIFEST}) lists {sha256}; the shipped "
+            "warm start is damaged: reinstall exgrpo-verl (or restore the file from git)"
+        )
+    base = build_tiny_model(spec.model)
+
+    def fill(staging: Path) -> None:
+        for name in _BASE_FILES:
+            shutil.copy(base / name, staging / name)
+        shutil.copy(weights, staging / "model.safetensors")
+        info = {"digest": spec.digest(), "spec": asdict(spec), "source": "shipped", "weights_sha256": sha256}
+        (staging / _READY_MARKER).write_text(json.dumps(info, indent=2))
+
+    write_folder_atomically(folder, fill)
 
 
 def supervised_example(tokenizer, task: ArithmeticTask, rng: random.Random, level_mix, error_rate: float) -> tuple[list[int], int]:
@@ -116,11 +175,25 @@ def supervised_example(tokenizer, task: ArithmeticTask, rng: random.Random, leve
 
 def _train(spec: WarmStartSpec, save_at: dict[int, Path], progress: bool) -> None:
     import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     base = build_tiny_model(spec.model)
     tokenizer = AutoTokenizer.from_pretrained(base)
+    # One thread: the result does not depend on the machine's core count or thread settings
+    # (matrices this small gain nothing from more, and a busy machine loses a lot).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train_steps(spec, base, tokenizer, save_at, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_steps(spec: WarmStartSpec, base: Path, tokenizer, save_at: dict[int, Path], progress: bool) -> None:
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model.train()
@@ -164,10 +237,27 @@ def _save(model, tokenizer, base: Path, folder: Path, spec: WarmStartSpec, secon
         tokenizer.save_pretrained(staging)
         for name in ("generation_config.json", "tokenizer_config.json"):  # the base's EOS list and tokenizer class
             shutil.copy(base / name, staging / name)
-        info = {"digest": spec.digest(), "spec": asdict(spec), "train_seconds": round(seconds, 1)}
+        info = {"digest": spec.digest(), "spec": asdict(spec), "train_seconds": round(seconds, 1),
+                "weights_sha256": file_sha256(staging / "model.safetensors")}
         (staging / _READY_MARKER).write_text(json.dumps(info, indent=2))
 
     write_folder_atomically(folder, fill)
+
+
+def ship(spec: WarmStartSpec, steps: list[int], shipped_dir: Path = SHIPPED_DIR) -> dict[str, dict]:
+    """Train the starts after `steps` here (fresh, in a temporary cache) and write their weights
+    and manifest into `shipped_dir`: what every later `warm_starts` call on any machine installs."""
+    import tempfile
+
+    shipped_dir.mkdir(parents=True, exist_ok=True)
+    manifest = shipped_starts(shipped_dir)
+    with tempfile.TemporaryDirectory() as cache:
+        for n, folder in warm_starts(spec, steps, cache, shipped_dir=None).items():
+            name = f"reasoner-{replace(spec, steps=n).digest()}.safetensors"
+            shutil.copyfile(folder / "model.safetensors", shipped_dir / name)
+            manifest[replace(spec, steps=n).digest()] = {"steps": n, "weights": name, "weights_sha256": file_sha256(shipped_dir / name)}
+    (shipped_dir / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
 
 
 def solve_rates(model_path: str | Path, task: ArithmeticTask, per_level: int = 50, samples: int = 4, seed: int = 7) -> dict[str, float]:
@@ -191,7 +281,11 @@ def main(argv=None) -> None:
     parser.add_argument("--strength", choices=sorted(STRENGTHS), default="medium")
     parser.add_argument("--steps", type=int, nargs="*", help="supervised step counts instead of --strength (one run, saved at each)")
     parser.add_argument("--measure", action="store_true", help="print solve rates at temperature 1 after training")
+    parser.add_argument("--ship", action="store_true", help=f"train every STRENGTHS start here and write them to {SHIPPED_DIR}")
     args = parser.parse_args(argv)
+    if args.ship:
+        print(json.dumps(ship(WarmStartSpec(), sorted(STRENGTHS.values())), indent=2))
+        return
     steps = args.steps or [STRENGTHS[args.strength]]
     folders = warm_starts(WarmStartSpec(steps=max(steps)), steps)
     for n, folder in sorted(folders.items()):

@@ -29,7 +29,6 @@ import logging
 import os
 import time
 import uuid
-from collections import defaultdict
 from functools import partial
 
 import numpy as np
@@ -270,15 +269,20 @@ class ExGRPOTrainer(PPOTrainerSync):
 
     def _selection_scores(self, groups, siblings, usable: dict, metrics: dict) -> dict[int, np.ndarray]:
         """Score the usable candidates of every experience question in one batched forward pass of
-        the current policy (temperature 1): token-mean entropy (or perplexity) over its response."""
+        the current policy (temperature 1): token-mean entropy (or perplexity) over its response.
+        A question with one usable candidate has nothing to choose: it is not scored (score 0)."""
         rows, owners = [], []
+        scores: dict[int, list[float]] = {qid: [0.0] for _, qid in groups if len(usable[qid]) == 1}
         for (_, qid), sibling in zip(groups, siblings):
+            if qid in scores:
+                continue
             for candidate in usable[qid]:
                 response = torch.from_numpy(candidate.response_ids.astype(np.int64))
                 rows.append(build_replayed_row(sibling, response, torch.from_numpy(candidate.log_probs), candidate.reward, 0))
                 owners.append(qid)
         if not rows:
-            return {}
+            metrics["exgrpo/selection_tokens"] = 0
+            return {qid: np.asarray(values) for qid, values in scores.items()}
         prefix = f"exgrposelect{uuid.uuid4().hex}"
         keys = [trajectory_key(prefix, i) for i in range(len(rows))]
         tags = [replayed_row_tag({"status": "success"}, len(row["prompts"]), len(row["responses"])) for row in rows]
@@ -299,9 +303,8 @@ class ExGRPOTrainer(PPOTrainerSync):
 
         selection_tokens = sum(tag["seq_len"] for tag in tags)
         metrics["exgrpo/selection_tokens"] = selection_tokens
-        scores: dict[int, list[float]] = defaultdict(list)
         for qid, score in zip(owners, row_scores.tolist()):
-            scores[qid].append(score)
+            scores.setdefault(qid, []).append(score)
         return {qid: np.asarray(values) for qid, values in scores.items()}
 
     def _log_prob_batch_multiple(self) -> int:
