@@ -8,6 +8,9 @@ this one adds the up-front checks, so a bad value, a missing file or a bad row f
 seconds with its key and fix instead of minutes later inside a Ray worker. Nothing here
 imports verl (or torch) before the checks pass: hydra finds verl's config folder as files,
 not as the `verl` package, whose import loads the whole trainer stack through its plugins.
+
+The run owns `trainer.default_local_dir` while it lives (a second run on it is refused) and
+stops cleanly on SIGTERM, saying where a resume starts (`owning_the_run`).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from contextlib import contextmanager
 from importlib.resources import files
+from pathlib import Path
 
 import hydra
 
-from exgrpo_verl import cpu_runtime_requested, metrics_history
+from exgrpo_verl import checkpoint_retention, cpu_runtime_requested, graceful_stop, metrics_history, run_lock
 from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 from exgrpo_verl.preflight import check_run_inputs
 
@@ -58,17 +63,76 @@ def resumes(config) -> bool:
 @hydra.main(config_path=CONFIG_DIR, config_name="exgrpo", version_base=None)
 def main(config):
     check_config(config)
-    for report in check_run_inputs(config):
-        skipped = f", {len(report.overlong)} over data.max_prompt_length skipped (first: {report.overlong[0][0]} row " \
-                  f"{report.overlong[0][1]})" if report.overlong else ""
-        print(f"exgrpo: {report.key}: {report.rows} rows checked{skipped}", flush=True)
-    metrics_file = metrics_history.file_logger_path(config)
-    if metrics_file is not None:
-        metrics_history.prepare(metrics_file, resuming=resumes(config))
+    checkpoint_root = str(config.trainer.default_local_dir)
+    with owning_the_run(checkpoint_root) as stop:
+        for report in check_run_inputs(config):
+            skipped = f", {len(report.overlong)} over data.max_prompt_length skipped (first: {report.overlong[0][0]} " \
+                      f"row {report.overlong[0][1]})" if report.overlong else ""
+            print(f"exgrpo: {report.key}: {report.rows} rows checked{skipped}", flush=True)
+        checkpoint_retention.remove_trash(Path(checkpoint_root))
+        metrics_file = metrics_history.file_logger_path(config)
+        if metrics_file is not None:
+            metrics_history.prepare(metrics_file, resuming=resumes(config))
+        run_verl(config, on_ray_ready=stop.install)
 
+
+@contextmanager
+def owning_the_run(checkpoint_root: str):
+    """This process owns `checkpoint_root` (exgrpo_verl.run_lock) until it exits, and a SIGTERM
+    inside stops it cleanly (exgrpo_verl.graceful_stop): Ray shut down, the lock released, one
+    line saying where a resume starts, exit 143. A second run on the folder exits here (1)."""
+    try:
+        lock = run_lock.acquire(checkpoint_root)
+    except run_lock.FolderInUse as refusal:
+        sys.exit(f"exgrpo: {refusal}")
+    stop = graceful_stop.SigtermStop()
+    stop.install()
+    try:
+        yield stop
+    except BaseException:
+        if not stop.received:
+            raise
+        import ray
+
+        ray.shutdown()  # ends the trainer and its workers: the step in progress is dropped
+        print(graceful_stop.resume_line(checkpoint_root), flush=True)
+        sys.exit(graceful_stop.EXIT_CODE)
+    finally:
+        lock.release()
+
+
+class _AfterRayInit:
+    """verl's task runner class, whose `.remote()` / `.options()` is the first thing `run_ppo`
+    calls after `ray.init`: `on_ray_ready()` runs there, before the runner starts."""
+
+    def __init__(self, runner_class, on_ray_ready):
+        self._runner_class, self._on_ray_ready = runner_class, on_ray_ready
+
+    def remote(self, *args, **kwargs):
+        self._on_ray_ready()
+        return self._runner_class.remote(*args, **kwargs)
+
+    def options(self, *args, **kwargs):
+        self._on_ray_ready()
+        return self._runner_class.options(*args, **kwargs)
+
+
+def run_verl(config, on_ray_ready) -> None:
+    """verl's `main_ppo.main` without its hydra wrapper (device, verl's config checks, `run_ppo`),
+    calling `on_ray_ready()` once Ray is up: Ray takes SIGTERM over when the driver connects, and
+    the clean stop takes it back there (exgrpo_verl.graceful_stop)."""
     from verl.trainer import main_ppo
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
 
-    main_ppo.main.__wrapped__(config)  # verl's entry point without its own hydra wrapper
+    auto_set_device(config)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    if config.trainer.use_v1:
+        runner_class = main_ppo.TaskRunnerV1
+    else:
+        from verl.trainer.main_ppo_v0 import TaskRunner as runner_class
+    main_ppo.run_ppo(config, task_runner_class=_AfterRayInit(runner_class, on_ray_ready))
 
 
 def verl_config_dir() -> str:

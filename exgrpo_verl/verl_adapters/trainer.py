@@ -38,6 +38,7 @@ from omegaconf import OmegaConf, open_dict
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 
+from exgrpo_verl import checkpoint_retention
 from exgrpo_verl.algorithm import trajectory_selection_score
 from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 from exgrpo_verl.data.rows import row_index
@@ -386,6 +387,8 @@ class ExGRPOTrainer(PPOTrainerSync):
             self._experience_log = ExperienceLog.start(self._experience_log.path, checkpoint.state_digest(folder),
                                                        self._run_id)
         checkpoint.tidy(self.config.trainer.default_local_dir)
+        # From disk, so that checkpoints written before a restart are pruned too (verl forgets them).
+        checkpoint_retention.prune(self.config.trainer.default_local_dir, checkpoint_retention.keep_count(self.config.trainer))
 
     def _load_checkpoint(self):
         resume_from = checkpoint.resume_folder(self.config.trainer)
