@@ -3,6 +3,7 @@ checkpoint retention from disk (a real SIGKILL in the middle of a prune), the SI
 line, and no hydra run folders in the working directory. The same behaviour inside verl's
 trainer is tested end to end in tests/test_e2e_run_ownership.py."""
 
+import errno
 import os
 import signal
 import socket
@@ -57,6 +58,18 @@ def test_the_lock_of_a_killed_holder_is_taken_over_with_a_log_line_and_a_clean_r
     again = []
     run_lock.acquire(folder, log=again.append).release()
     assert again == []
+
+
+def test_without_file_locks_the_run_goes_on_unlocked_and_says_so(tmp_path, monkeypatch):
+    """A mock: no file system here lacks flock (NFS mounted with nolock answers ENOLCK)."""
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
+    lines = []
+    run_lock.acquire(tmp_path, log=lines.append).release()
+    assert lines == [f"exgrpo: {tmp_path / run_lock.LOCK_FILE}: this file system has no file locks (No locks available); "
+                     "trainer.default_local_dir is not locked, so make sure no other run uses it"]
 
 
 @pytest.mark.parametrize("steps, latest, keep, removed", [
