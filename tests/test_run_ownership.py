@@ -139,6 +139,22 @@ def test_the_sigterm_line_names_the_checkpoint_a_resume_starts_from(tmp_path):
     assert graceful_stop.resume_line(tmp_path).endswith(f"starts from {tmp_path}/global_step_5 (step 5)")
 
 
+def test_sigterm_inside_an_owned_run_exits_143_with_the_resume_line_and_releases_the_lock(tmp_path):
+    """The entry point's wrapper around the trainer, with a sleeping body instead of verl (the
+    trainer case, Ray's handlers included, is in tests/test_e2e_run_ownership.py)."""
+    _checkpoint_tree(tmp_path, {7: 1}, latest=7)
+    body = ("import sys, time; from exgrpo_verl.main import owning_the_run\n"
+            "with owning_the_run(sys.argv[1]):\n    print('running', flush=True); time.sleep(600)")
+    run = subprocess.Popen([sys.executable, "-c", body, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.stdout.readline().strip() == "running"
+    assert f'"pid": {run.pid}' in (tmp_path / run_lock.LOCK_FILE).read_text()
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 143
+    assert run.stdout.read().strip().splitlines()[-1].endswith(f"starts from {tmp_path}/global_step_7 (step 7)")
+    assert (tmp_path / run_lock.LOCK_FILE).read_text() == ""
+
+
 def test_the_entry_point_writes_no_hydra_run_folder_into_the_working_directory(tmp_path):
     """A run that stops at the config check (no Ray): hydra has set up its run by then."""
     result = subprocess.run([sys.executable, "-m", "exgrpo_verl.main", "actor_rollout_ref.rollout.n=1"], cwd=tmp_path,
