@@ -63,12 +63,12 @@ def resumes(config) -> bool:
 @hydra.main(config_path=CONFIG_DIR, config_name="exgrpo", version_base=None)
 def main(config):
     check_config(config)
+    for report in check_run_inputs(config):
+        skipped = f", {len(report.overlong)} over data.max_prompt_length skipped (first: {report.overlong[0][0]} row " \
+                  f"{report.overlong[0][1]})" if report.overlong else ""
+        print(f"exgrpo: {report.key}: {report.rows} rows checked{skipped}", flush=True)
     checkpoint_root = str(config.trainer.default_local_dir)
-    with owning_the_run(checkpoint_root) as stop:
-        for report in check_run_inputs(config):
-            skipped = f", {len(report.overlong)} over data.max_prompt_length skipped (first: {report.overlong[0][0]} " \
-                      f"row {report.overlong[0][1]})" if report.overlong else ""
-            print(f"exgrpo: {report.key}: {report.rows} rows checked{skipped}", flush=True)
+    with owning_the_run(checkpoint_root) as stop:  # before anything touches the folder
         checkpoint_retention.remove_trash(Path(checkpoint_root))
         metrics_file = metrics_history.file_logger_path(config)
         if metrics_file is not None:
