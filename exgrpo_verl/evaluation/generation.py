@@ -65,11 +65,13 @@ def generate(
     backend: str = "auto",
     batch_size: int = 64,
     tensor_parallel_size: int = 1,
+    dtype: str = "auto",
 ) -> list[list[Response]]:
     """n sampled responses for each prompt (n may differ per prompt), in prompt order.
 
     prompts: token-id lists or chat-message lists. backend: "auto", "vllm" or "hf" (the CPU
-    engine; batch_size prompts per forward pass). tensor_parallel_size applies to vLLM only.
+    engine; batch_size prompts per forward pass). tensor_parallel_size and dtype (vLLM's "auto",
+    "bfloat16", "float16", "float32") apply to vLLM only; the CPU engine computes in float32.
     """
     from transformers import AutoTokenizer
 
@@ -80,7 +82,7 @@ def generate(
     prompt_ids = [prompt_token_ids(tokenizer, prompt) for prompt in prompts]
     backend = resolve_backend(backend)
     if backend == "vllm":
-        sample = _vllm_sampler(model_path, temperature, top_p, max_tokens, seed, tensor_parallel_size)
+        sample = _vllm_sampler(model_path, temperature, top_p, max_tokens, seed, tensor_parallel_size, dtype)
     else:
         sample = _cpu_sampler(model_path, temperature, top_p, max_tokens, seed, batch_size)
     started = time.perf_counter()
@@ -97,7 +99,7 @@ def generate(
 # Loading the model happens when the sampler is built, so the throughput printed above excludes it.
 
 
-def _vllm_sampler(model_path, temperature, top_p, max_tokens, seed, tensor_parallel_size):
+def _vllm_sampler(model_path, temperature, top_p, max_tokens, seed, tensor_parallel_size, dtype):
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model_path, seed=seed, tensor_parallel_size=tensor_parallel_size)
