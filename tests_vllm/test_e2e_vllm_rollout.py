@@ -1,8 +1,8 @@
 """ExGRPO and GRPO through verl 0.9.1's own vLLM rollout (`rollout.name=vllm`) on vLLM's CPU
 build: verl's vLLM server behind its agent loop, weights synced from the FSDP actor into vLLM
 every step, rollout log-probs, `__rollout_n__` = K-1 requests for each experience question,
-a checkpoint and a resume. The same observing trainer as the main suite's end-to-end tests
-(tests/e2e_support/observed_trainer.py) records what each hook did."""
+a checkpoint and a resume. The main suite's observing trainer (tests/e2e_support/observed_trainer.py),
+extended in vllm_observed_trainer.py, records what each hook did."""
 
 import json
 from pathlib import Path
@@ -13,7 +13,8 @@ from exgrpo_verl.cpu_runtime.launch import cpu_run_overrides, read_metrics, run_
 from exgrpo_verl.tasks import char_hunt
 
 BATCH, K, FIRST_STEPS, MORE_STEPS = 4, 4, 3, 1
-SUPPORT = Path(__file__).resolve().parents[1] / "tests" / "e2e_support"
+HERE = Path(__file__).resolve().parent
+SUPPORT = f"{HERE.parent / 'tests' / 'e2e_support'}:{HERE}"
 # |p_rollout - p_actor| per token on fresh rows, right after the step's weight sync. vLLM and the
 # FSDP actor compute the same float32 model with different kernels; a missed sync after an
 # lr=1e-3 update of this tiny model moves probabilities by far more (the first step's engine
@@ -26,7 +27,7 @@ def _train(model, train, val, out: Path, total_steps: int, resume: bool, extra: 
         str(model), str(train), str(val), batch_size=BATCH, rollouts_per_question=K, max_response_length=32,
         total_steps=total_steps, output_dir=str(out), reward_path=char_hunt.__file__, rollout="vllm",
     ) + [
-        "trainer.v1.trainer_mode=exgrpo_observed",
+        "trainer.v1.trainer_mode=exgrpo_observed_vllm",
         # Replay from step 2: any solved sample starts it, and step 1's successes are stored.
         "exgrpo.start_solve_rate=0.0",
         "exgrpo.collect_during_warmup=True",
@@ -42,7 +43,7 @@ def _train(model, train, val, out: Path, total_steps: int, resume: bool, extra: 
     observe = out / "observations.jsonl"
     metrics = out / f"metrics_{total_steps}.jsonl"
     log = out / f"train_{total_steps}.log"
-    env = {"PYTHONPATH": str(SUPPORT), "VERL_USE_EXTERNAL_MODULES": "observed_trainer", "EXGRPO_OBSERVE_PATH": str(observe)}
+    env = {"PYTHONPATH": SUPPORT, "VERL_USE_EXTERNAL_MODULES": "vllm_observed_trainer", "EXGRPO_OBSERVE_PATH": str(observe)}
     result = run_training(overrides, str(log), str(metrics), extra_env=env)
     assert result.returncode == 0, log.read_text()[-8000:]
     observations = [json.loads(line) for line in observe.read_text().splitlines()] if observe.exists() else []

@@ -1,16 +1,14 @@
 """An observing subclass of the real ExGRPO trainer, for end-to-end tests.
 
 It changes nothing: after each real hook it records what happened (group composition,
-rollout requests served, the old log-probs written for replayed rows, the rollout/actor
-log-prob agreement on fresh rows, the state restored from a checkpoint) as JSON lines in
-$EXGRPO_OBSERVE_PATH. Loaded into verl's task runner with
-VERL_USE_EXTERNAL_MODULES=observed_trainer (this folder on PYTHONPATH) and selected with
-trainer.v1.trainer_mode=exgrpo_observed.
+rollout requests served, the old log-probs written for replayed rows, the state restored
+from a checkpoint) as JSON lines in $EXGRPO_OBSERVE_PATH. Loaded into verl's task runner
+with VERL_USE_EXTERNAL_MODULES=observed_trainer (this folder on PYTHONPATH) and selected
+with trainer.v1.trainer_mode=exgrpo_observed.
 """
 
 import json
 import os
-import urllib.request
 from collections import Counter
 
 import ray
@@ -22,9 +20,7 @@ cpu_runtime.activate()  # external modules load before verl's plugins; the platf
 
 from exgrpo_verl.verl_adapters.rows import uid_of_key  # noqa: E402
 from exgrpo_verl.verl_adapters.trainer import ExGRPOTrainer  # noqa: E402
-from verl import DataProto  # noqa: E402
 from verl.trainer.ppo.v1.trainer_base import register_trainer  # noqa: E402
-from verl.utils.debug.metrics import calculate_debug_metrics  # noqa: E402
 
 
 def _record(kind: str, **payload) -> None:
@@ -32,20 +28,9 @@ def _record(kind: str, **payload) -> None:
         f.write(json.dumps({"kind": kind, **payload}) + "\n")
 
 
-def _vllm_requests_finished() -> int:
-    """Requests verl's vLLM server has finished so far, by vLLM's own Prometheus counter (the
-    run sets actor_rollout_ref.rollout.disable_log_stats=False). One request is one sequence:
-    verl's agent loop sends each sample on its own."""
-    host, port = ray.get(ray.get_actor("vllm_server_0_0").get_server_address.remote())
-    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=30).read().decode()
-    return round(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:request_success_total")))
-
-
 @register_trainer("exgrpo_observed")
 class ObservedExGRPOTrainer(ExGRPOTrainer):
     def _requests_served(self) -> int:
-        if self.config.actor_rollout_ref.rollout.name == "vllm":
-            return _vllm_requests_finished()
         # Imported here: this module loads while verl imports, also inside the rollout server.
         from exgrpo_verl.cpu_runtime.hf_rollout import server_actor_name
 
@@ -55,11 +40,6 @@ class ObservedExGRPOTrainer(ExGRPOTrainer):
         self._requests_before = self._requests_served()
         self._retired_before = sorted(self.experience.retired_ids)
         return super().prepare_step()
-
-    def step(self, metrics, timing_raw):
-        batch = super().step(metrics, timing_raw)
-        _record("rollout", step=self.global_steps, requests_served=self._requests_served() - self._requests_before, rows=len(batch))
-        return batch
 
     def _insert_replayed_rows(self, batch, metrics):
         experience = dict(self._experience_uids)
@@ -103,17 +83,7 @@ class ObservedExGRPOTrainer(ExGRPOTrainer):
             written = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["old_log_probs"])["old_log_probs"].unbind()
             diffs = [float((w.float() - self._inserted_log_probs[k]).abs().max()) for k, w in zip(keys, written)]
             _record("old_log_probs", step=self.global_steps, replayed_rows=len(keys), max_abs_diff=max(diffs))
-        self._record_fresh_probs_diff(batch)
         return batch
-
-    def _record_fresh_probs_diff(self, batch):
-        """verl's rollout-vs-actor metrics (training/rollout_probs_diff_*) on the fresh rows alone:
-        replayed rows carry log-probs of an older policy by design."""
-        fresh = [key for key, tag in zip(batch.keys, batch.tags) if not tag.get("is_replay") and not tag.get("is_padding")]
-        rows = tq.kv_batch_get(keys=fresh, partition_id=batch.partition_id,
-                               select_fields=["old_log_probs", "rollout_log_probs", "response_mask", "responses"])
-        metrics = calculate_debug_metrics(DataProto(batch=rows.to_padded_tensor()))
-        _record("fresh_probs_diff", step=self.global_steps, rows=len(fresh), **{k.split("/")[-1]: float(v) for k, v in metrics.items()})
 
     def _load_checkpoint(self):
         super()._load_checkpoint()
