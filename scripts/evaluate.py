@@ -57,6 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="auto",
         help="vLLM's compute dtype (auto: vLLM's choice, bfloat16 for a float32 checkpoint); the CPU engine computes in float32",
     )
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        help="vLLM's share of accelerator memory (default: vLLM's, 0.92); on vLLM's CPU build, the share of RAM it reserves",
+    )
     parser.add_argument("--limit", type=int, help="evaluate only the first N unique questions of each data source")
     parser.add_argument(
         "--system-prompt",
@@ -115,6 +120,7 @@ def sample_records(questions: pd.DataFrame, args: argparse.Namespace) -> tuple[l
         batch_size=args.batch_size,
         tensor_parallel_size=args.tensor_parallel_size,
         dtype=args.dtype,
+        gpu_memory_utilization=args.gpu_memory_utilization,
     )
     seconds = time.perf_counter() - started
     records = []

@@ -66,12 +66,15 @@ def generate(
     batch_size: int = 64,
     tensor_parallel_size: int = 1,
     dtype: str = "auto",
+    gpu_memory_utilization: float | None = None,
 ) -> list[list[Response]]:
     """n sampled responses for each prompt (n may differ per prompt), in prompt order.
 
     prompts: token-id lists or chat-message lists. backend: "auto", "vllm" or "hf" (the CPU
     engine; batch_size prompts per forward pass). tensor_parallel_size and dtype (vLLM's "auto",
     "bfloat16", "float16", "float32") apply to vLLM only; the CPU engine computes in float32.
+    gpu_memory_utilization: vLLM's share of accelerator memory (None: vLLM's default); on vLLM's
+    CPU build the share of RAM it reserves at start, which it refuses when that much is not free.
     """
     from transformers import AutoTokenizer
 
@@ -82,7 +85,7 @@ def generate(
     prompt_ids = [prompt_token_ids(tokenizer, prompt) for prompt in prompts]
     backend = resolve_backend(backend)
     if backend == "vllm":
-        sample = _vllm_sampler(model_path, temperature, top_p, max_tokens, seed, tensor_parallel_size, dtype)
+        sample = _vllm_sampler(model_path, temperature, top_p, max_tokens, seed, tensor_parallel_size, dtype, gpu_memory_utilization)
     else:
         sample = _cpu_sampler(model_path, temperature, top_p, max_tokens, seed, batch_size)
     started = time.perf_counter()
@@ -99,10 +102,11 @@ def generate(
 # Loading the model happens when the sampler is built, so the throughput printed above excludes it.
 
 
-def _vllm_sampler(model_path, temperature, top_p, max_tokens, seed, tensor_parallel_size, dtype):
+def _vllm_sampler(model_path, temperature, top_p, max_tokens, seed, tensor_parallel_size, dtype, gpu_memory_utilization):
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model_path, seed=seed, tensor_parallel_size=tensor_parallel_size)
+    memory = {} if gpu_memory_utilization is None else {"gpu_memory_utilization": gpu_memory_utilization}
+    llm = LLM(model=model_path, seed=seed, tensor_parallel_size=tensor_parallel_size, dtype=dtype, **memory)
 
     def sample(prompt_ids, counts):
         params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens) for k in counts]
