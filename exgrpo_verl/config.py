@@ -54,7 +54,8 @@ class ExGRPOLossConfig:
 @dataclass(frozen=True)
 class ExGRPOConfig:
     """replay_ratio: rho, the share of a step's B questions taken from experience (release 0.5);
-        0 turns ExGRPO off: plain GRPO with verl's own loss.
+        0 turns replay off: plain GRPO with ExGRPO's warm-up loss (exgrpo.loss, max_grad_norm), which
+        with the default loss settings is verl's own PPO loss.
     start_solve_rate: replay starts (for good) after a step whose fraction of fresh rollouts
         with reward 1 exceeds this (release 0.35).
     collect_during_warmup: also store successes before replay starts (release: False).

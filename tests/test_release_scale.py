@@ -12,18 +12,24 @@ weights themselves.
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from exgrpo_verl.config import ExGRPOLossConfig
-from exgrpo_verl.verl_adapters.loss import make_actor_loss_fn
+from exgrpo_verl.config import ExGRPOConfig, ExGRPOLossConfig
+from exgrpo_verl.main import CONFIG_DIR
+from exgrpo_verl.verl_adapters.grad_norm_guard import MAX_GRAD_NORM_ATTRIBUTE
+from exgrpo_verl.verl_adapters.loss import make_actor_loss_fn, worker_loss_fn
 from verl.utils import tensordict_utils as tu
+from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.config import ActorConfig
 
 L_MAX, RELEASE_RANKS, ENTROPY_COEFF, BETA = 16, 8, 0.001, 0.1
 ROWS, MICRO_BATCH_ROWS = 32, 2
 
 
-def _batch():
-    """32 rows (every 4th replayed), lengths 1..L_MAX, advantages in [-1, 1], log-ratios up to e^+-0.5."""
+def _batch(replay_every: int | None = 4, max_abs_log_ratio: float = 0.5):
+    """32 rows (every 4th replayed; None: all fresh), lengths 1..L_MAX, advantages in [-1, 1],
+    log-ratios up to e^+-max_abs_log_ratio."""
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, L_MAX + 1, (ROWS,), generator=g).tolist()
     tokens = sum(lengths)
@@ -31,9 +37,9 @@ def _batch():
         "lengths": lengths,
         "prompt_lengths": torch.randint(1, 6, (ROWS,), generator=g).tolist(),
         "advantages": (2 * torch.rand(ROWS, generator=g, dtype=torch.float64) - 1),
-        "is_replay": torch.tensor([int(i % 4 == 3) for i in range(ROWS)]),
+        "is_replay": torch.tensor([int(replay_every is not None and i % replay_every == replay_every - 1) for i in range(ROWS)]),
         "old_log_probs": -3 * torch.rand(tokens, generator=g, dtype=torch.float64),
-        "log_ratio": torch.rand(tokens, generator=g, dtype=torch.float64) - 0.5,
+        "log_ratio": (2 * torch.rand(tokens, generator=g, dtype=torch.float64) - 1) * max_abs_log_ratio,
         "entropy": 2 * torch.rand(tokens, generator=g, dtype=torch.float64),
     }
 
@@ -95,6 +101,12 @@ def our_gradients(batch, dp_size: int, aggregation: str, replay_started: bool = 
                         entropy_coeff=ENTROPY_COEFF, use_kl_loss=False, clip_ratio=0.2)
     loss_fn = make_actor_loss_fn(actor, ExGRPOLossConfig(shaping_beta=BETA, aggregation=aggregation,
                                                          release_world_size=RELEASE_RANKS), replay_started=replay_started)
+    return loss_gradients(batch, dp_size, loss_fn)
+
+
+def loss_gradients(batch, dp_size: int, loss_fn):
+    """Gradients of `loss_fn` on the leaves, run per engine micro-batch: summed over micro-batches,
+    averaged over dp ranks."""
     log_prob, entropy = _leaves(batch)
     for rank in _micro_batches(dp_size):
         for rows in rank:
@@ -104,10 +116,12 @@ def our_gradients(batch, dp_size: int, aggregation: str, replay_started: bool = 
     return log_prob.grad / dp_size, entropy.grad / dp_size
 
 
-def release_gradients(batch):
+def release_gradients(batch, replay_started: bool = True):
     """The release's formula, written out: 8 ranks, per micro-batch
-    sum_t(-A_t g(ratio_t)) / L_max - 0.001 * mean_t H_t, g = f(w) = w / (w + 0.1) on replayed rows
-    and the unclipped ratio on fresh rows (replay has started); gradients averaged over ranks."""
+    sum_t(-A_t g(ratio_t)) / L_max - 0.001 * mean_t H_t, g = f(w) = w / (w + 0.1) on replayed rows;
+    on fresh rows the unclipped ratio once replay has started, before it (and so for its GRPO
+    baseline, which never replays) PPO's plain clip max(-A r, -A clip(r, 0.8, 1.2)), no dual clip;
+    gradients averaged over ranks."""
     log_prob, entropy = _leaves(batch)
     spans = _spans(batch)
     total = 0.0
@@ -117,8 +131,13 @@ def release_gradients(batch):
             token_loss, entropies = [], []
             for i in rows:
                 ratio = torch.exp(log_prob[spans[i]] - batch["old_log_probs"][spans[i]])
-                weight = ratio / (ratio + BETA) if batch["is_replay"][i] else ratio
-                token_loss.append(-batch["advantages"][i] * weight)
+                advantage = batch["advantages"][i]
+                if batch["is_replay"][i]:
+                    token_loss.append(-advantage * ratio / (ratio + BETA))
+                elif replay_started:
+                    token_loss.append(-advantage * ratio)
+                else:
+                    token_loss.append(torch.maximum(-advantage * ratio, -advantage * torch.clamp(ratio, 0.8, 1.2)))
                 entropies.append(entropy[spans[i]])
             rank_loss = rank_loss + torch.cat(token_loss).sum() / L_MAX - ENTROPY_COEFF * torch.cat(entropies).mean()
         total = total + rank_loss / RELEASE_RANKS
@@ -163,3 +182,39 @@ def test_release_aggregation_needs_the_length_normaliser():
     actor = ActorConfig(strategy="fsdp", rollout_n=4, ppo_micro_batch_size_per_gpu=2, loss_scale_factor=None)
     with pytest.raises(ValueError, match="actor_rollout_ref.actor.loss_scale_factor"):
         make_actor_loss_fn(actor, ExGRPOLossConfig(aggregation="release"), replay_started=True)
+
+
+def preset_settings(*overrides: str) -> tuple[ActorConfig, ExGRPOConfig]:
+    """The actor and exgrpo settings of `+preset=release` with `overrides`, composed by hydra as the
+    entry point composes them (responses of L_MAX tokens, the test batch's)."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        config = compose(config_name="exgrpo", overrides=["+preset=release", f"data.max_response_length={L_MAX}", *overrides])
+    exgrpo = ExGRPOConfig.from_dict(OmegaConf.to_container(config.exgrpo, resolve=True))
+    return omega_conf_to_dataclass(config.actor_rollout_ref.actor), exgrpo
+
+
+@pytest.mark.parametrize("dp_size", [RELEASE_RANKS, 1])
+def test_grpo_under_the_preset_gets_the_releases_gradient_and_grad_norm_skip(dp_size):
+    """grpo.sh's loss (replay_ratio=0 with the preset): the release's warm-up loss for good, i.e. its
+    aggregation, plain clip (ratios up to e^1.5 here, past the dual clip's c = 3) and 500 skip."""
+    actor, settings = preset_settings("exgrpo.replay_ratio=0")
+    loss_fn = worker_loss_fn(actor, settings, replay_started=False)
+    assert getattr(loss_fn, MAX_GRAD_NORM_ATTRIBUTE) == 500
+    batch = _batch(replay_every=None, max_abs_log_ratio=1.5)
+    assert (torch.exp(batch["log_ratio"]) > actor.clip_ratio_c).any()  # the dual clip would cap some tokens
+    ours_log_prob, ours_entropy = loss_gradients(batch, dp_size, loss_fn)
+    release_log_prob, release_entropy = release_gradients(batch, replay_started=False)
+    torch.testing.assert_close(ours_log_prob, release_log_prob, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(ours_entropy, release_entropy, rtol=1e-9, atol=1e-15)
+
+
+def test_exgrpo_under_the_preset_gets_the_releases_gradient_in_both_phases():
+    """exgrpo.sh's loss with the preset: warm-up (fresh rows, plain clip) and after the start
+    (replayed rows f(w), fresh rows unclipped), as the release computes them."""
+    actor, settings = preset_settings()
+    for replay_started, batch in ((False, _batch(replay_every=None, max_abs_log_ratio=1.5)), (True, _batch())):
+        loss_fn = worker_loss_fn(actor, settings, replay_started=replay_started)
+        assert getattr(loss_fn, MAX_GRAD_NORM_ATTRIBUTE) == 500
+        ours = loss_gradients(batch, RELEASE_RANKS, loss_fn)
+        for mine, release in zip(ours, release_gradients(batch, replay_started=replay_started)):
+            torch.testing.assert_close(mine, release, rtol=1e-9, atol=1e-15)

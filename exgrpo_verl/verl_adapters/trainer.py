@@ -30,7 +30,6 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from functools import partial
 
 import numpy as np
 import torch
@@ -47,8 +46,8 @@ from exgrpo_verl.experience.journal import ExperienceLog, new_run_id
 from exgrpo_verl.hf_generation import eos_token_ids
 from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate, stores_successes
 from exgrpo_verl.verl_adapters import checkpoint, reward_manager
-from exgrpo_verl.verl_adapters.grad_norm_guard import SKIPPED_METRIC, with_max_grad_norm
-from exgrpo_verl.verl_adapters.loss import make_actor_loss_fn, replay_weight_means
+from exgrpo_verl.verl_adapters.grad_norm_guard import SKIPPED_METRIC
+from exgrpo_verl.verl_adapters.loss import replay_weight_means, worker_loss_fn
 from exgrpo_verl.verl_adapters.rows import (
     STEP_FIELDS,
     build_replayed_row,
@@ -66,7 +65,6 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.dataset.rl_dataset import collate_fn
 from verl.utils.debug import marked_timer
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import response_from_nested
 
 logger = logging.getLogger(__name__)
@@ -137,15 +135,10 @@ class ExGRPOTrainer(PPOTrainerSync):
 
     def _install_loss(self):
         """Our worker loss, for the current phase (the on-policy clip goes when replay starts),
-        carrying the gradient-norm threshold to the engine (grad_norm_guard)."""
+        carrying the gradient-norm threshold to the engine (grad_norm_guard); rho = 0 gets the
+        warm-up loss for good (worker_loss_fn)."""
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
-        if self.settings.enabled:
-            loss_fn = make_actor_loss_fn(actor_config, self.settings.loss, replay_started=self.replay_started)
-        elif self.settings.max_grad_norm is not None:
-            loss_fn = partial(ppo_loss, config=actor_config)  # rho = 0: verl's own loss, as its worker builds it
-        else:
-            return  # rho = 0: plain GRPO with verl's own loss
-        self.actor_rollout_wg.set_loss_fn(with_max_grad_norm(loss_fn, self.settings.max_grad_norm))
+        self.actor_rollout_wg.set_loss_fn(worker_loss_fn(actor_config, self.settings, replay_started=self.replay_started))
 
     # ---- 1. which prompts this step ----------------------------------------------------------
     def prepare_step(self) -> dict:
