@@ -16,8 +16,9 @@ With `record_operations()` on, every call that changes the buffer is also kept a
 (journal.py); `take_operations()` hands them over, and `replay(operations)` repeats them on the
 buffer they started from, giving back the same state: the experience log between checkpoints.
 
-What happens in `update`, per group of n rollouts with k correct (n = K, or K-1 for a replayed
-question whose replayed trajectory is not passed):
+What happens in `update`, per group of n members with k correct (n = K: for a replayed question
+its K-1 fresh rollouts plus the replayed member, `GroupResult.replayed_correct`, which counts as
+correct but is not stored again):
 - k == n: the question is retired for good (never sampled again; its trajectories are freed).
 - k == 0: accuracy 0; "drop_from_pool" takes it out of the pool (trajectories kept),
   "keep_stale" leaves it in its old bucket.
