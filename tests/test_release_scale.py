@@ -218,3 +218,90 @@ def test_exgrpo_under_the_preset_gets_the_releases_gradient_in_both_phases():
         ours = loss_gradients(batch, RELEASE_RANKS, loss_fn)
         for mine, release in zip(ours, release_gradients(batch, replay_started=replay_started)):
             torch.testing.assert_close(mine, release, rtol=1e-9, atol=1e-15)
+
+
+# ---- the entropy bonus's weight: a token mean per micro-batch, so it grows with the micro-batch count
+RELEASE_TOKEN_BUDGET = 32768  # the release's ppo_max_token_len_per_gpu (exp_scripts/run_exgrpo.sh)
+
+
+def _paper_scale_rank_batch(rows: int = 64):
+    """One GPU's share of a release mini-batch (64 questions x 8 rollouts / 8 GPUs = 64 rows):
+    prompts of 100-400 tokens, responses of 300-8192 (seeded), the rest as `_batch`."""
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(300, 8193, (rows,), generator=g).tolist()
+    tokens = sum(lengths)
+    return {
+        "lengths": lengths,
+        "prompt_lengths": torch.randint(100, 401, (rows,), generator=g).tolist(),
+        "advantages": 2 * torch.rand(rows, generator=g, dtype=torch.float64) - 1,
+        "is_replay": torch.zeros(rows, dtype=torch.int64),
+        "old_log_probs": -3 * torch.rand(tokens, generator=g, dtype=torch.float64),
+        "log_ratio": torch.zeros(tokens, dtype=torch.float64),
+        "entropy": 2 * torch.rand(tokens, generator=g, dtype=torch.float64),
+    }
+
+
+def _verl_micro_batches(batch, budget: int) -> list[list[int]]:
+    """The rows of each update micro-batch, as verl 0.9.1's engine splits a rank's mini-batch
+    under use_dynamic_bsz (seqlen_balancing.rearrange_micro_batches, by prompt + response tokens)."""
+    from verl.utils.seqlen_balancing import rearrange_micro_batches
+
+    sequences = [torch.ones(p + r, dtype=torch.int64) for p, r in zip(batch["prompt_lengths"], batch["lengths"])]
+    data = tu.get_tensordict({"input_ids": torch.nested.as_nested_tensor(sequences, layout=torch.jagged)})
+    _, partitions = rearrange_micro_batches(data, max_token_len=budget)
+    return [sorted(int(i) for i in partition) for partition in partitions]
+
+
+def _release_micro_batches(batch) -> list[list[int]]:
+    """The release's split (its seqlen_balancing.rearrange_micro_batches): ceil(tokens / 32,768)
+    micro-batches, balanced by token count."""
+    from verl.utils.seqlen_balancing import ceildiv, get_seqlen_balanced_partitions
+
+    sequence_lengths = [p + r for p, r in zip(batch["prompt_lengths"], batch["lengths"])]
+    count = ceildiv(sum(sequence_lengths), RELEASE_TOKEN_BUDGET)
+    return [sorted(p) for p in get_seqlen_balanced_partitions(sequence_lengths, count, equal_size=False)]
+
+
+def _entropy_gradient(batch, micro_batches, loss_fn, dp_size: int = RELEASE_RANKS) -> torch.Tensor:
+    """d loss / d H_t of one rank running `loss_fn` on each micro-batch (its share of the
+    rank-averaged gradient)."""
+    log_prob, entropy = _leaves(batch)
+    log_prob = log_prob.detach()  # the entropy's gradient only (half the work)
+    for rows in micro_batches:
+        model_output, data = _engine_micro_batch(batch, rows, log_prob, entropy, dp_size)
+        loss, _ = loss_fn(model_output=model_output, data=data)
+        loss.backward()
+    return entropy.grad / dp_size
+
+
+def _release_entropy_gradient(batch, micro_batches) -> torch.Tensor:
+    """The release: -0.001 x the token-mean entropy of each micro-batch, summed, /8 ranks."""
+    _, entropy = _leaves(batch)
+    spans = _spans(batch)
+    loss = sum(-ENTROPY_COEFF * torch.cat([entropy[spans[i]] for i in rows]).mean() for rows in micro_batches)
+    (loss / RELEASE_RANKS).backward()
+    return entropy.grad
+
+
+def test_the_presets_entropy_weight_is_the_releases_at_paper_scale():
+    """Under the preset, verl's engine cuts a paper-scale rank mini-batch into as many micro-batches
+    as the release did, so the entropy bonus weighs what the release's did: the per-token weights
+    sum to -0.001 x (micro-batches) / 8 on both sides, and token by token they are the release's
+    formula on our split. (The former 18,432-token budget made 16 micro-batches of this batch
+    where the release made 9: 1.78 x the release's entropy weight.)"""
+    for arm in ([], ["exgrpo.replay_ratio=0"]):  # ExGRPO and GRPO: the same budget, so the same split
+        actor, settings = preset_settings(*arm)
+        assert actor.use_dynamic_bsz and actor.ppo_max_token_len_per_gpu == RELEASE_TOKEN_BUDGET
+    batch = _paper_scale_rank_batch()
+    ours_split = _verl_micro_batches(batch, actor.ppo_max_token_len_per_gpu)
+    release_split = _release_micro_batches(batch)
+    assert len(ours_split) == len(release_split) == 9
+    assert len(_verl_micro_batches(batch, 2 * (1024 + 8192))) == 16  # the old budget
+    # Our loss on two of the micro-batches (the rest are alike; all of them take ~10 s): each gives
+    # its tokens the release's weight -0.001 / (8 x its response tokens), summing to -0.001 / 8.
+    checked = ours_split[:2]
+    ours = _entropy_gradient(batch, checked, worker_loss_fn(actor, settings, replay_started=False))
+    torch.testing.assert_close(ours, _release_entropy_gradient(batch, checked), rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(ours.sum(), torch.tensor(-ENTROPY_COEFF * len(checked) / RELEASE_RANKS, dtype=torch.float64))
+    release = _release_entropy_gradient(batch, release_split)
+    torch.testing.assert_close(release.sum(), torch.tensor(-ENTROPY_COEFF * len(ours_split) / RELEASE_RANKS, dtype=torch.float64))
