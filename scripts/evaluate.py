@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from exgrpo_verl.best_model import resolve_model
 from exgrpo_verl.data import unique_questions
 from exgrpo_verl.evaluation.generation import generate, resolve_backend
 from exgrpo_verl.evaluation.graders import CHOICE_GRADERS, MATH_GRADERS, grade, grader_for, graders_for
@@ -37,7 +38,8 @@ from exgrpo_verl.evaluation.metrics import k_for, samples_per_question, summariz
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model folder or HF id (not needed with --regrade)")
+    parser.add_argument("--model", help="model folder or HF id, or a run's checkpoint folder: its best/huggingface "
+                        "(the best-by-validation model) is evaluated (not needed with --regrade)")
     parser.add_argument("--data", nargs="+", default=[], help="verl parquet files")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--avg-k", default="paper", help="samples per question: 'paper', K, or 'aime=32,*=1'")
@@ -63,6 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.regrade and (not args.model or not args.data):
         parser.error("--model and --data are required unless --regrade")
+    if args.model:
+        resolved = resolve_model(args.model)
+        if resolved != args.model:
+            print(f"evaluating the best-by-validation model of {args.model}: {resolved}")
+        args.model = resolved
     return args
 
 

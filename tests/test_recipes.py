@@ -186,6 +186,7 @@ def check_release_preset(config) -> None:
     exgrpo, actor = config.exgrpo, config.actor_rollout_ref.actor
     assert (exgrpo.loss.aggregation, exgrpo.loss.release_world_size, exgrpo.loss.warmup_dual_clip) == ("release", 8, False)
     assert exgrpo.max_grad_norm == 500 and exgrpo.store_from_switch_step is False
+    assert exgrpo.unused_fresh_questions == "discard"
     assert exgrpo.experience.selection_metric == "entropy_sum" and exgrpo.experience.zero_accuracy_policy == "keep_stale"
     assert exgrpo.experience.max_candidates_per_question == exgrpo.experience.max_trajectories_per_question
     assert actor.use_dynamic_bsz is True and actor.ppo_max_token_len_per_gpu == 32768
