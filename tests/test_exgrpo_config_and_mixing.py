@@ -127,7 +127,7 @@ def test_the_release_preset_switches_every_release_variant_on():
     assert (settings.loss.aggregation, settings.loss.release_world_size, settings.loss.warmup_dual_clip) == ("release", 8, False)
     experience = settings.experience_config(group_size=8)
     assert (experience.selection_metric, experience.zero_accuracy_policy) == ("entropy_sum", "keep_stale")
-    assert experience.max_candidates_per_question == experience.max_trajectories_per_question
+    assert experience.max_candidates_per_question is None and experience.max_trajectories_per_question is None  # keep and score all
     # Everything else is exgrpo.yaml's.
     assert release.actor_rollout_ref.actor.optim.clip_grad == 1.0 and release.exgrpo.replay_ratio == 0.5
     assert ExGRPOConfig.from_dict({}).loss.aggregation == "verl" and ExGRPOConfig.from_dict({}).max_grad_norm is None

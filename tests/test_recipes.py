@@ -188,7 +188,7 @@ def check_release_preset(config) -> None:
     assert exgrpo.max_grad_norm == 500 and exgrpo.store_from_switch_step is False
     assert exgrpo.unused_fresh_questions == "discard"
     assert exgrpo.experience.selection_metric == "entropy_sum" and exgrpo.experience.zero_accuracy_policy == "keep_stale"
-    assert exgrpo.experience.max_candidates_per_question == exgrpo.experience.max_trajectories_per_question
+    assert exgrpo.experience.max_candidates_per_question is None and exgrpo.experience.max_trajectories_per_question is None
     assert actor.use_dynamic_bsz is True and actor.ppo_max_token_len_per_gpu == 32768
     assert config.reward.custom_reward_function.reward_kwargs.think_rule == "release"
 

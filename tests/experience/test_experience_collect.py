@@ -152,6 +152,16 @@ def test_per_question_cap_evicts_that_questions_oldest():
     assert buf.metrics()["evicted/question_cap"] == 1
 
 
+def test_without_per_question_caps_every_success_is_kept_and_scored():
+    """The release preset (both caps None): a question keeps every stored success, all candidates."""
+    buf = ExperienceBuffer(ExperienceConfig(group_size=4, max_trajectories_per_question=None,
+                                            max_candidates_per_question=None))
+    for step in range(1, 8):
+        buf.update(step, [partial_group(1, 4, 3, tag=step)])
+    assert buf.question(1).num_trajectories == 21 and len(buf.candidates(1)) == 21
+    assert buf.metrics()["evicted/question_cap"] == 0
+
+
 def test_token_cap_evicts_globally_oldest_first():
     # Each trajectory is 4 tokens; the cap holds 3 of them.
     buf = ExperienceBuffer(ExperienceConfig(group_size=4, max_total_tokens=12))
