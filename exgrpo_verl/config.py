@@ -16,6 +16,7 @@ from exgrpo_verl.reward_guard import RewardGuardConfig
 from exgrpo_verl.validation import check_bool, check_choice, check_int, check_real
 
 LOSS_AGGREGATIONS = ("verl", "release")
+UNUSED_FRESH_QUESTIONS = ("carry", "discard")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class ExGRPOLossConfig:
 @dataclass(frozen=True)
 class ExGRPOConfig:
     """replay_ratio: rho, the share of a step's B questions taken from experience (release 0.5);
-        0 turns ExGRPO off: plain GRPO with verl's own loss.
+        0 turns replay off: plain GRPO with ExGRPO's warm-up loss (exgrpo.loss, max_grad_norm), which
+        with the default loss settings is verl's own PPO loss.
     start_solve_rate: replay starts (for good) after a step whose fraction of fresh rollouts
         with reward 1 exceeds this (release 0.35).
     collect_during_warmup: also store successes before replay starts (release: False).
@@ -71,6 +73,10 @@ class ExGRPOConfig:
         step is in docs/reliability.md). See exgrpo_verl.experience.journal.
     experience_log_digests: also record the buffer's SHA-256 after every step in the log (a pass
         over the whole buffer each step: for checks such as scripts/fault_injection.py).
+    unused_fresh_questions: what becomes of fresh questions a step fetched (a data-loader batch
+        of B) but did not use (B minus its experience questions): "carry" (default) uses them
+        next step, one pass over the data in loader order; "discard" (the release) drops them,
+        so each step draws B anew and uses the first ones (docs/fidelity.md: the coverage of each).
     loss, experience: see ExGRPOLossConfig and exgrpo_verl.experience.ExperienceConfig
         (its group_size comes from actor_rollout_ref.rollout.n, not from here).
     reward: the reward guard's time limit and failure budget (exgrpo_verl.reward_guard).
@@ -84,6 +90,7 @@ class ExGRPOConfig:
     max_grad_norm: float | None = None
     experience_log: bool = False
     experience_log_digests: bool = False
+    unused_fresh_questions: str = "carry"
     loss: ExGRPOLossConfig = field(default_factory=ExGRPOLossConfig)
     experience: dict[str, Any] = field(default_factory=dict)
     reward: RewardGuardConfig = field(default_factory=RewardGuardConfig)
@@ -97,6 +104,7 @@ class ExGRPOConfig:
                    lambda v: math.isfinite(v) and v > 0)
         check_bool("exgrpo.experience_log", self.experience_log)
         check_bool("exgrpo.experience_log_digests", self.experience_log_digests)
+        check_choice("exgrpo.unused_fresh_questions", self.unused_fresh_questions, UNUSED_FRESH_QUESTIONS)
         if self.max_grad_norm is not None:
             check_real("exgrpo.max_grad_norm", self.max_grad_norm, "a number > 0, or null (never skip)",
                        lambda v: math.isfinite(v) and v > 0)

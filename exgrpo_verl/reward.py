@@ -1,18 +1,28 @@
 """Training rewards for verifiable math, as verl reward functions (`compute_score` signature).
 
-`compute_score` is the reward the authors' release trained with (its reward version 3): the
-rendered prompt ends with `<think>\\n`, so the release puts `<think>\\n` back in front of the
-decoded response, gives 0 when `</think>` is missing, and grades only the text after the *first*
-`</think>` with math-verify. The format gate matters: a response that never closes its thinking
-scores 0 however right its last number is, which is the format pressure the release's solve
-rates (and so the start of replay and what is stored) were measured under.
+`compute_score` is the format-gated reward of the authors' release (its reward version 3): the
+rendered prompt ends with `<think>\\n`, so `<think>\\n` goes back in front of the decoded
+response, a response whose thinking is never closed (no `</think>`) scores 0, and math-verify
+grades the answer text that follows the thinking. The format gate matters: a response that
+never closes its thinking scores 0 however right its last number is, which is the format
+pressure the release's solve rates (and so the start of replay and what is stored) were
+measured under.
+
+Which text is the answer when a response closes its thinking more than once (`think_rule`,
+set through `reward.custom_reward_function.reward_kwargs.think_rule`):
+  "last" (default): the text after the last `</think>`, the final answer;
+  "release" (`+preset=release`): the text between the first and the second `</think>`, as the
+      release's `split("</think>")[1]` takes it (so `...</think>\\boxed{6}</think>\\boxed{9}`
+      is graded on `\\boxed{6}`).
+With a single `</think>` both are the text after it.
 
 The lenient reward (no format gate) stays available as
 `exgrpo_verl.evaluation.reward_function.compute_score`.
 
 Recipes point at this file:
     reward.custom_reward_function.path=<this file> reward.custom_reward_function.name=compute_score
-It never raises: a grader error or timeout scores 0.
+It never raises on a response: a grader error or timeout scores 0. An unknown think_rule raises
+ValueError naming the setting.
 """
 
 # No `from __future__ import annotations`: verl may load this file by path (see graders.py).
@@ -23,15 +33,19 @@ from exgrpo_verl.evaluation import graders
 
 THINK_OPEN = "<think>\n"
 THINK_CLOSE = "</think>"
+THINK_RULES = ("last", "release")
 
 
-def release_answer_text(response: str) -> str | None:
-    """The part of a response the release grades: the text after the first `</think>` of
-    `<think>\\n` + response, or None when the thinking is never closed (reward 0)."""
-    text = THINK_OPEN + response
-    if THINK_CLOSE not in text:
+def release_answer_text(response: str, think_rule: str = "last") -> str | None:
+    """The part of `<think>\\n` + response that is graded under `think_rule` (see the module
+    docstring), or None when the thinking is never closed (reward 0)."""
+    if think_rule not in THINK_RULES:
+        raise ValueError(f"reward.custom_reward_function.reward_kwargs.think_rule={think_rule!r}: "
+                         f"use one of {list(THINK_RULES)}")
+    parts = (THINK_OPEN + response).split(THINK_CLOSE)
+    if len(parts) < 2:
         return None
-    return text.split(THINK_CLOSE, 1)[1]
+    return parts[1] if think_rule == "release" else parts[-1]
 
 
 # A canonical integer of at most 9 digits: no sign but a minus, no leading zero, no "-0".
@@ -53,18 +67,19 @@ def canonical_integer_verdict(graded_text: str, ground_truth: str) -> float | No
     return float(boxed == ground_truth)
 
 
-def release_reward(response: str, ground_truth: str) -> float:
-    """1.0 when the thinking is closed and math-verify finds the ground truth after it, else 0.0."""
-    answer = release_answer_text(response)
+def release_reward(response: str, ground_truth: str, think_rule: str = "last") -> float:
+    """1.0 when the thinking is closed and math-verify finds the ground truth in the answer text
+    (`release_answer_text`), else 0.0."""
+    answer = release_answer_text(response, think_rule)
     if answer is None:
         return 0.0
-    # The project's math-verify grader reads the text after the last `</think>` and prefers its last
-    # box; on the release's answer text that is the same final answer.
+    # The grader reads the text after the last `</think>` (here, exactly the answer text) and
+    # prefers its last box.
     graded = THINK_CLOSE + answer
     verdict = canonical_integer_verdict(graded, str(ground_truth))  # ~8 ms of math-verify saved per sample
     return verdict if verdict is not None else graders.grade_math_verify(graded, str(ground_truth)).score
 
 
-def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
-    """verl reward function: the release's format-gated math reward (`release_reward`)."""
-    return release_reward(solution_str, ground_truth)
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, think_rule="last", **kwargs) -> float:
+    """verl reward function: the format-gated math reward (`release_reward`)."""
+    return release_reward(solution_str, ground_truth, think_rule)

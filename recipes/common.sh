@@ -21,6 +21,8 @@
 #   WANDB=1 TEST_FREQ SAVE_FREQ KEEP_CHECKPOINTS      logging, validation, checkpoints (and how many stay)
 #   REWARD_MODULE                                     module whose compute_score is the training reward
 #   EXTEND_CONTEXT MODELS_DIR                         Qwen2.5-Math context extension (prepare_model below)
+#   PRESET                                            release (GPU default): the authors' release on both
+#                                                     arms (+preset=release); none: the project's corrected defaults
 #   PYTHON DRY_RUN                                    interpreter; 1 = print the command only
 set -euo pipefail
 
@@ -34,6 +36,9 @@ RUNTIME=gpu           # settings.sh: gpu | cpu
 REWARD_MODULE="${REWARD_MODULE:-exgrpo_verl.reward}"
 RECIPE_OVERRIDES=()   # settings.sh: what this recipe adds
 RUN_ENV=()            # NAME=value pairs the training command runs with
+# settings.sh may set PRESET_DEFAULT: the GPU (paper-table) recipes run the release preset
+# (trainer_configs/preset/release.yaml) unless PRESET=none; the CPU recipes default to none.
+PRESET_DEFAULT=release
 
 die() { echo "recipes: $*" >&2; exit 1; }
 
@@ -100,6 +105,9 @@ apply_run_defaults() {
     # Checkpoints kept on disk (older ones are deleted); 0 keeps all. A 7B save is ~107 GB.
     KEEP_CHECKPOINTS="${KEEP_CHECKPOINTS:-2}"
     WANDB="${WANDB:-0}"
+    PRESET="${PRESET:-$PRESET_DEFAULT}"
+    [[ "$PRESET" == release || "$PRESET" == none ]] ||
+        die "PRESET=$PRESET: give release (the authors' release, trainer_configs/preset/release.yaml) or none (the project's defaults)"
     PROJECT="${PROJECT:-exgrpo}"
     EXPERIMENT="${EXPERIMENT:-$RECIPE-$algorithm}"
     OUTPUT_DIR="${OUTPUT_DIR:-$OUTPUT_ROOT/$PROJECT/$EXPERIMENT}"
@@ -150,6 +158,8 @@ shared_overrides() {
         # Checkpoints carry a Hugging Face copy of the actor, which scripts/evaluate.py loads as is.
         'actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]'
     )
+    # The release's loss, buffer, reward and micro-batch rules on both arms (docs/fidelity.md).
+    if [[ "$PRESET" == release ]]; then OVERRIDES+=(+preset=release); fi
 }
 
 gpu_overrides() {
@@ -165,10 +175,9 @@ gpu_overrides() {
         actor_rollout_ref.model.enable_gradient_checkpointing=True
         "actor_rollout_ref.actor.fsdp_config.param_offload=$offload"
         "actor_rollout_ref.actor.fsdp_config.optimizer_offload=$offload"
-        # Micro-batches by token count; budgets 2x (update) and 3x (log-probs, no grads) the longest
-        # sequence, the ratios of verl's DAPO recipe. The log-prob and ref settings follow use_dynamic_bsz.
+        # Micro-batches by token count; the log-prob budget 3x the longest sequence (no grads).
+        # The log-prob and ref settings follow use_dynamic_bsz.
         actor_rollout_ref.actor.use_dynamic_bsz=True
-        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=$((2 * seq_len))"
         "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=$((3 * seq_len))"
         actor_rollout_ref.rollout.name=vllm
         "actor_rollout_ref.rollout.tensor_model_parallel_size=$ROLLOUT_TP"
@@ -177,6 +186,11 @@ gpu_overrides() {
         # checks this against the model's max_position_embeddings before vLLM starts.
         "actor_rollout_ref.rollout.max_model_len=$seq_len"
     )
+    # The update's budget: the preset's (the release's 32,768 tokens: with the entropy term per
+    # micro-batch, the budget sets its weight), else 2x the longest sequence (verl's DAPO recipe).
+    if [[ "$PRESET" == none ]]; then
+        OVERRIDES+=("actor_rollout_ref.actor.ppo_max_token_len_per_gpu=$((2 * seq_len))")
+    fi
     # Several nodes: join the Ray cluster started beforehand (ray start --head / --address=...);
     # "auto" fails fast when there is none, where a bare ray.init() would start a 1-node cluster.
     # RAY_ADDRESS, when set, takes precedence (Ray's rule for address=auto).
@@ -212,8 +226,9 @@ run_recipe() {
     "${RUNTIME}_overrides"
     OVERRIDES+=("${RECIPE_OVERRIDES[@]}")
     # The baseline: the same trainer and settings with replay off. rho = 0 runs plain GRPO with
-    # verl's own PPO loss (clip kept) and the same advantage, A = r - mean(r); no experience is
-    # collected, so nothing is retired either. The only difference is ExGRPO itself.
+    # ExGRPO's loss as it is before replay starts (PPO clip kept; under the preset the release's
+    # gradient scale, plain clip and grad-norm skip) and the same advantage, A = r - mean(r); no
+    # experience is collected, so nothing is retired either. The only difference is replay.
     if [[ "$algorithm" == grpo ]]; then OVERRIDES+=(exgrpo.replay_ratio=0); fi
 
     local command=(env PYTHONUNBUFFERED=1 "${RUN_ENV[@]}" "$PYTHON" -m exgrpo_verl.main "${OVERRIDES[@]}" "$@")

@@ -45,7 +45,8 @@ class StepMaker:
     """Synthetic step results with unique responses of about L tokens.
 
     Fresh questions get K rollouts with k ~ U{1..K-1} correct. Experience questions get K-1
-    fresh rollouts with k ~ U{0..K-1}, so some are dropped (k = 0) or retired (k = K-1).
+    fresh rollouts with k ~ U{0..K-1} plus their replayed member (replayed_correct=1), so k+1
+    of K: bucket 1 for k = 0, retired for k = K-1.
     """
 
     def __init__(self, args, rng):
@@ -62,17 +63,18 @@ class StepMaker:
         ids[0], self.serial = self.serial, self.serial + 1  # unique, so nothing is de-duplicated
         return ids, self.logp_source[start:start + length], self.entropy_source[start:start + length]
 
-    def group(self, qid, n, k):
+    def group(self, qid, n, k, replayed_correct=0):
         lengths = self.rng.integers(int(0.75 * self.args.response_tokens), int(1.25 * self.args.response_tokens) + 1,
                                     size=n)
         ids, logp, entropy = zip(*(self.response(int(length)) for length in lengths))
         return GroupResult(question_id=qid, response_ids=list(ids), log_probs=list(logp),
                            rewards=np.array([1.0] * k + [0.0] * (n - k)), ended_with_eos=np.ones(n, dtype=bool),
-                           entropies=list(entropy), prompt_ids=ids[0][:256], payload={"row": qid})
+                           entropies=list(entropy), prompt_ids=ids[0][:256], payload={"row": qid},
+                           replayed_correct=replayed_correct)
 
     def step(self, experience_qids=()):
         K = self.args.group_size
-        groups = [self.group(qid, K - 1, int(self.rng.integers(0, K))) for qid in experience_qids]
+        groups = [self.group(qid, K - 1, int(self.rng.integers(0, K)), replayed_correct=1) for qid in experience_qids]
         for qid in range(self.next_question, self.next_question + self.args.questions_per_step - len(groups)):
             groups.append(self.group(qid, K, int(self.rng.integers(1, K))))
             self.next_question = qid + 1

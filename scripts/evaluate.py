@@ -14,8 +14,9 @@ aime/aime25/amc, 1 elsewhere). Writes to --out:
   in-distribution / OOD averages, and generation throughput.
 The paper's protocol is the default: maths counts the boxed grader (the release's OAT-style
 one; math-verify is kept as a column), multiple choice the strict choice grader (only
-`\\boxed{X}` counts), and the system prompt is dropped for the authors' released models
-(--system-prompt auto), as the release's evaluation script does for every model it scores.
+`\\boxed{X}` counts), and the system prompt is dropped for every model (--system-prompt drop),
+as the release's evaluation script does for every model it scores (--system-prompt keep keeps
+the rows' system prompt, e.g. to evaluate a checkpoint as it was trained; not the paper's).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from exgrpo_verl.best_model import resolve_model
 from exgrpo_verl.data import unique_questions
 from exgrpo_verl.evaluation.generation import generate, resolve_backend
 from exgrpo_verl.evaluation.graders import CHOICE_GRADERS, MATH_GRADERS, grade, grader_for, graders_for
@@ -36,7 +38,8 @@ from exgrpo_verl.evaluation.metrics import k_for, samples_per_question, summariz
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model folder or HF id (not needed with --regrade)")
+    parser.add_argument("--model", help="model folder or HF id, or a run's checkpoint folder: its best/huggingface "
+                        "(the best-by-validation model) is evaluated (not needed with --regrade)")
     parser.add_argument("--data", nargs="+", default=[], help="verl parquet files")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--avg-k", default="paper", help="samples per question: 'paper', K, or 'aime=32,*=1'")
@@ -65,14 +68,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="evaluate only the first N unique questions of each data source")
     parser.add_argument(
         "--system-prompt",
-        choices=["auto", "keep", "drop"],
-        default="auto",
-        help="drop: the release's --remove_system True; auto: drop for the authors' released models (ExGRPO-*)",
+        choices=["drop", "keep"],
+        default="drop",
+        help="drop (the paper's): the release's --remove_system True, for every model; keep: the rows' system prompt",
     )
     parser.add_argument("--regrade", action="store_true", help="re-score --out/samples.jsonl without generating")
     args = parser.parse_args(argv)
     if not args.regrade and (not args.model or not args.data):
         parser.error("--model and --data are required unless --regrade")
+    if args.model:
+        resolved = resolve_model(args.model)
+        if resolved != args.model:
+            print(f"evaluating the best-by-validation model of {args.model}: {resolved}")
+        args.model = resolved
     return args
 
 
@@ -85,14 +93,8 @@ def load_questions(paths: list[str], limit: int | None) -> pd.DataFrame:
     return questions
 
 
-# The authors' released checkpoints (huggingface.co/rzzhan/ExGRPO-...), by name or local folder name.
-RELEASED_MODEL_PREFIX = "exgrpo-"
-
-
-def drops_system_prompt(system_prompt: str, model: str) -> bool:
-    """Whether the prompts lose their system message: "drop", or "auto" for a released ExGRPO model."""
-    if system_prompt == "auto":
-        return Path(model.rstrip("/")).name.lower().startswith(RELEASED_MODEL_PREFIX)
+def drops_system_prompt(system_prompt: str) -> bool:
+    """Whether the prompts lose their system message: "drop" (the release's evaluation, every model)."""
     return system_prompt == "drop"
 
 
@@ -105,7 +107,7 @@ def sample_records(questions: pd.DataFrame, args: argparse.Namespace) -> tuple[l
     """Generate k responses per question; one ungraded record per sample, plus throughput."""
     ks = samples_per_question(args.avg_k)
     counts = [k_for(source, ks) for source in questions["data_source"]]
-    drop = drops_system_prompt(args.system_prompt, args.model)
+    drop = drops_system_prompt(args.system_prompt)
     prompts = [chat_messages(prompt, drop) for prompt in questions["prompt"]]
     started = time.perf_counter()
     responses = generate(
@@ -194,7 +196,7 @@ def main(argv=None) -> dict:
             key: getattr(args, key)
             for key in ("model", "data", "avg_k", "temperature", "top_p", "max_tokens", "seed", "system_prompt", "dtype")
         }
-        settings["drop_system_prompt"] = drops_system_prompt(args.system_prompt, args.model)
+        settings["drop_system_prompt"] = drops_system_prompt(args.system_prompt)
     print(f"grading {len(records)} samples")
     records = [grade_record(record, args.grader, args.choice_grader) for record in records]
     write_jsonl(samples_path, records)

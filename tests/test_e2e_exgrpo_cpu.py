@@ -6,6 +6,7 @@ The trainer is the real ExGRPOTrainer seen through an observing subclass
 (tests/e2e_support/observed_trainer.py) that only records what each hook did."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ def _train(model, train, val, out: Path, total_steps: int, resume: bool, extra: 
         "exgrpo.sampler_poll_interval_s=0.05",
         "actor_rollout_ref.actor.optim.lr=1e-3",
         "trainer.save_freq=3",
+        "trainer.test_freq=2",  # validations at steps 2, 4, 6 (and 8 after the resume): the best model
         *extra,
     ]
     if resume:
@@ -102,6 +104,40 @@ def test_exgrpo_metrics_are_logged(first_run):
     assert any(row["exgrpo/selection_tokens"] > 0 for row in replay_steps)
 
 
+def test_rollout_mismatch_metrics_count_fresh_rows_only(first_run):
+    """With replay on, verl's rollout-vs-actor metrics are over fresh rows; its all-row values (which
+    compare replayed rows' stored log-probs with the current actor) are kept as exgrpo/all_rows/*."""
+    _, steps, _ = first_run
+    replaying = [row for row in steps if row.get("exgrpo/replayed_questions", 0) > 0]
+    assert replaying, "replay must have run"
+    for row in replaying:
+        assert row["exgrpo/all_rows/rollout_probs_diff_max"] >= row["training/rollout_probs_diff_max"]
+    assert any(row["exgrpo/all_rows/rollout_probs_diff_max"] > row["training/rollout_probs_diff_max"] for row in replaying)
+    warm_up = [row for row in steps if row.get("exgrpo/replayed_questions", 0) == 0]
+    assert all("exgrpo/all_rows/rollout_probs_diff_max" not in row for row in warm_up)
+    print("rollout_probs_diff_max fresh / all rows:",
+          [(row["step"], row["training/rollout_probs_diff_max"], row["exgrpo/all_rows/rollout_probs_diff_max"]) for row in replaying])
+
+
+def test_the_best_validated_model_is_kept_beside_the_step_folders(first_run):
+    """Validation at steps 2, 4, 6: best/ holds the HF model of the best one (strictly better
+    replaces), its step and scores, outside every global_step_* folder."""
+    from exgrpo_verl import best_model
+
+    out, steps, _ = first_run
+    checkpoints = out / "checkpoints"
+    validated = {row["step"]: best_model.validation_scores(row) for row in steps if any(k.startswith("val-core/") for k in row)}
+    assert sorted(validated) == [2, 4, 6]
+    record = best_model.read_best(checkpoints)
+    best_step = max(validated, key=lambda step: (sum(validated[step].values()) / len(validated[step]), -step))
+    assert record["step"] == best_step and record["scores"] == pytest.approx(validated[best_step])
+    link = checkpoints / "best"
+    assert link.is_symlink() and not os.readlink(link).startswith("global_step_")
+    assert (link / "huggingface" / "config.json").is_file() and list((link / "huggingface").glob("*.safetensors"))
+    assert [p.name for p in checkpoints.glob(".best-step*")] == [os.readlink(link)]  # no leftovers
+    assert best_model.resolve_model(str(checkpoints)) == str(link / "huggingface")
+
+
 def test_retired_questions_are_never_fetched_again(first_run):
     _, steps, observations = first_run
     assert steps[-1]["exgrpo/buffer/retired"] > 0, "the easy targets should retire within a few steps"
@@ -135,6 +171,17 @@ def test_resume_restores_buffer_phase_and_retired_set_and_continues(first_run, t
     assert [row["step"] for row in more] == list(range(FIRST_STEPS + 1, FIRST_STEPS + MORE_STEPS + 1))
     assert more[0]["exgrpo/replay_active"] == 1.0
     assert more[0]["exgrpo/buffer/collected_total"] >= saved_buffer.metrics()["collected_total"]
+    # The best model survives the resume: step 8's validation replaces it only if strictly better.
+    from exgrpo_verl import best_model
+
+    before = {row["step"]: best_model.validation_scores(row) for row in steps if any(k.startswith("val-core/") for k in row)}
+    after = best_model.validation_scores(more[-1])
+    kept_before = max(sum(v.values()) / len(v) for v in before.values())
+    record = best_model.read_best(out / "checkpoints")
+    if sum(after.values()) / len(after) > kept_before:
+        assert record["step"] == FIRST_STEPS + MORE_STEPS
+    else:
+        assert record["step"] in before and record["score"] == pytest.approx(kept_before)
 
 
 def test_replay_ratio_zero_is_plain_grpo(tiny_qwen2, char_hunt_files, tmp_path):
@@ -144,7 +191,11 @@ def test_replay_ratio_zero_is_plain_grpo(tiny_qwen2, char_hunt_files, tmp_path):
     assert not [o for o in observations if o["kind"] in ("composition", "old_log_probs")]
     for row in steps:
         # The reward guard's counters apply to every run; nothing else of ExGRPO may appear.
-        assert not [key for key in row if "exgrpo" in key and not key.startswith("exgrpo/reward_")], "no replay, no collection"
+        # GRPO trains with ExGRPO's warm-up loss, which reports its (zero) replayed tokens.
+        # (The guard's flags also appear in validation metrics as val-aux/<source>/exgrpo_reward_*.)
+        exgrpo_keys = [key for key in row if "exgrpo" in key and not key.startswith("exgrpo/reward_")
+                       and "/exgrpo_reward_" not in key]
+        assert all(key.startswith("actor/exgrpo/replay_") and row[key] == 0 for key in exgrpo_keys), "no replay, no collection"
         assert row["exgrpo/reward_errors"] == 0 and row["exgrpo/reward_timeouts"] == 0
         assert row["critic/score/mean"] >= 0 and "actor/pg_loss" in row
 

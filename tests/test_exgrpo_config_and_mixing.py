@@ -123,10 +123,11 @@ def test_the_release_preset_switches_every_release_variant_on():
         release = compose(config_name="exgrpo", overrides=["+preset=release"])
     settings = check_config(release)
     assert settings.max_grad_norm == 500 and settings.store_from_switch_step is False
+    assert settings.unused_fresh_questions == "discard" and ExGRPOConfig.from_dict({}).unused_fresh_questions == "carry"
     assert (settings.loss.aggregation, settings.loss.release_world_size, settings.loss.warmup_dual_clip) == ("release", 8, False)
     experience = settings.experience_config(group_size=8)
     assert (experience.selection_metric, experience.zero_accuracy_policy) == ("entropy_sum", "keep_stale")
-    assert experience.max_candidates_per_question == experience.max_trajectories_per_question
+    assert experience.max_candidates_per_question is None and experience.max_trajectories_per_question is None  # keep and score all
     # Everything else is exgrpo.yaml's.
     assert release.actor_rollout_ref.actor.optim.clip_grad == 1.0 and release.exgrpo.replay_ratio == 0.5
     assert ExGRPOConfig.from_dict({}).loss.aggregation == "verl" and ExGRPOConfig.from_dict({}).max_grad_norm is None
@@ -140,3 +141,35 @@ def test_storing_starts_at_the_switch_step_or_as_the_release_the_step_after():
     assert [stores_successes(w, s, False, from_switch_step=True) for w, s in phases] == [False, True, True]
     assert [stores_successes(w, s, False, from_switch_step=False) for w, s in phases] == [False, False, True]
     assert all(stores_successes(w, s, True, from_switch_step=False) for w, s in phases)
+
+
+def _trainer_drawing_from(batches, rule):
+    """ExGRPOTrainer's fresh-question draw on a data loader of `batches` (lists of question ids),
+    without Ray: the instance holds only what prepare_step's draw and _take_fresh_questions use."""
+    import numpy as np
+    import torch
+
+    from exgrpo_verl.experience import ExperienceBuffer, ExperienceConfig
+    from exgrpo_verl.verl_adapters.trainer import ExGRPOTrainer
+
+    trainer = ExGRPOTrainer.__new__(ExGRPOTrainer)
+    trainer.settings = ExGRPOConfig.from_dict({"unused_fresh_questions": rule})
+    trainer.experience = ExperienceBuffer(ExperienceConfig(group_size=4))
+    trainer.train_dataloader = [{"index": torch.tensor(b), "raw_prompt": np.array(["q"] * len(b), dtype=object)} for b in batches]
+    trainer.train_dataloader_it = None
+    trainer._position_of = {qid: qid for batch in batches for qid in batch}
+    trainer._fresh_carry = []
+    return trainer
+
+
+@pytest.mark.parametrize("rule, second_step", [("carry", [4, 5, 6, 7]), ("discard", [8, 9, 10, 11])])
+def test_fresh_questions_fetched_but_not_used_wait_or_are_dropped(rule, second_step):
+    """A step with 4 experience questions of B = 8 uses 4 fresh ones: "carry" uses the other 4 of
+    the fetched batch next step (one pass), "discard" (the release) draws a new batch."""
+    trainer = _trainer_drawing_from([[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15]], rule)
+    steps = []
+    for _ in range(2):
+        trainer._step_questions = set()
+        trainer._drop_unused_fresh_questions()
+        steps.append(trainer._take_fresh_questions(4))
+    assert steps == [[0, 1, 2, 3], second_step]

@@ -161,7 +161,7 @@ def test_gpu_recipe_composes_with_the_release_settings(script, tmp_path):
     assert arr.actor.fsdp_config.param_offload is False and arr.actor.fsdp_config.optimizer_offload is False
     assert arr.model.use_remove_padding is True and arr.model.enable_gradient_checkpointing is True
     assert arr.actor.use_dynamic_bsz is True and arr.rollout.log_prob_use_dynamic_bsz is True
-    assert arr.actor.ppo_max_token_len_per_gpu == 2 * 9216
+    check_release_preset(config)
     assert arr.rollout.max_model_len == 9216
     assert "address" not in config.ray_kwargs.ray_init  # one node: no cluster needed beforehand
     # Reward: the release's format-gated reward, from its installed file.
@@ -178,6 +178,36 @@ def test_gpu_recipe_composes_with_the_release_settings(script, tmp_path):
         check_extension_step(run, model, tmp_path, templated)
     else:
         assert arr.model.path == model and run.prepare == []
+
+
+def check_release_preset(config) -> None:
+    """The release preset, applied on either arm: its loss, skip, buffer rules, reward rule and
+    the release's 32,768-token update micro-batches (the entropy bonus's weight follows them)."""
+    exgrpo, actor = config.exgrpo, config.actor_rollout_ref.actor
+    assert (exgrpo.loss.aggregation, exgrpo.loss.release_world_size, exgrpo.loss.warmup_dual_clip) == ("release", 8, False)
+    assert exgrpo.max_grad_norm == 500 and exgrpo.store_from_switch_step is False
+    assert exgrpo.unused_fresh_questions == "discard"
+    assert exgrpo.experience.selection_metric == "entropy_sum" and exgrpo.experience.zero_accuracy_policy == "keep_stale"
+    assert exgrpo.experience.max_candidates_per_question is None and exgrpo.experience.max_trajectories_per_question is None
+    assert actor.use_dynamic_bsz is True and actor.ppo_max_token_len_per_gpu == 32768
+    assert config.reward.custom_reward_function.reward_kwargs.think_rule == "release"
+
+
+@pytest.mark.parametrize("algorithm", ["exgrpo", "grpo"])
+def test_preset_none_gives_the_projects_defaults(algorithm, tmp_path):
+    run = dry_run(f"qwen2.5-math-7b/{algorithm}.sh", tmp_path, PRESET="none")
+    assert "+preset=release" not in run.overrides
+    config = compose_overrides(run.overrides)
+    check_like_the_entry_point(config)
+    assert config.exgrpo.loss.aggregation == "verl" and config.exgrpo.max_grad_norm is None
+    assert config.actor_rollout_ref.actor.ppo_max_token_len_per_gpu == 2 * 9216
+    assert "reward_kwargs" not in config.reward.custom_reward_function
+
+
+def test_a_bad_preset_names_the_variable(tmp_path):
+    env = {"PATH": os.environ["PATH"], "DRY_RUN": "1", "PYTHON": sys.executable, "PRESET": "paper"}
+    result = subprocess.run(["bash", str(RECIPES / "qwen2.5-math-7b/grpo.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "PRESET=paper: give release" in result.stderr
 
 
 def check_extension_step(run: DryRun, model: str, tmp_path: Path, templated: bool) -> None:
@@ -245,7 +275,7 @@ def test_environment_variables_set_model_cluster_lengths_and_logging(tmp_path):
     assert (config.trainer.nnodes, config.trainer.n_gpus_per_node) == (2, 4)
     assert config.ray_kwargs.ray_init.address == "auto"  # several nodes: join the running Ray cluster
     assert config.data.max_response_length == 3072
-    assert arr.rollout.max_model_len == 1024 + 3072 and arr.actor.ppo_max_token_len_per_gpu == 2 * 4096
+    assert arr.rollout.max_model_len == 1024 + 3072 and arr.rollout.log_prob_max_token_len_per_gpu == 3 * 4096
     assert config.trainer.total_training_steps == 50
     assert config.trainer.logger == ["console", "wandb"]
     assert arr.actor.fsdp_config.param_offload is True and arr.actor.fsdp_config.optimizer_offload is True

@@ -77,8 +77,9 @@ def test_step_rows_become_one_group_per_question_without_replayed_or_padding_row
     groups, fresh_rewards = group_results_from_step(rows, is_padding=[False] * 5 + [True], eos_token_ids={EOS})
     by_question = {g.question_id: g for g in groups}
     assert sorted(by_question) == [11, 12]
-    a = by_question[11]  # the replayed row (third) is not part of its accuracy
+    a = by_question[11]  # the replayed row (third) is not a rollout to store, but counts as a correct member
     assert a.rewards.tolist() == [1, 0] and a.ended_with_eos.tolist() == [True, False]
+    assert a.replayed_correct == 1 and by_question[12].replayed_correct == 0
     assert [r.tolist() for r in a.response_ids] == [[1, EOS], [3, 4, 5]]
     assert a.prompt_ids.tolist() == [5, 6] and a.log_probs[0].tolist() == [-0.5, -0.5]
     assert fresh_rewards.tolist() == [1, 0, 1, 0]

@@ -16,8 +16,9 @@ With `record_operations()` on, every call that changes the buffer is also kept a
 (journal.py); `take_operations()` hands them over, and `replay(operations)` repeats them on the
 buffer they started from, giving back the same state: the experience log between checkpoints.
 
-What happens in `update`, per group of n rollouts with k correct (n = K, or K-1 for a replayed
-question whose replayed trajectory is not passed):
+What happens in `update`, per group of n members with k correct (n = K: for a replayed question
+its K-1 fresh rollouts plus the replayed member, `GroupResult.replayed_correct`, which counts as
+correct but is not stored again):
 - k == n: the question is retired for good (never sampled again; its trajectories are freed).
 - k == 0: accuracy 0; "drop_from_pool" takes it out of the pool (trajectories kept),
   "keep_stale" leaves it in its old bucket.
@@ -200,7 +201,8 @@ class ExperienceBuffer:
             question.traj_ids.append(record.id)
             self._step_sum += record.step
             self._counters["collected_total"] += 1
-            if len(question.traj_ids) > self.config.max_trajectories_per_question:
+            cap = self.config.max_trajectories_per_question
+            if cap is not None and len(question.traj_ids) > cap:
                 self._evict(self._trajectories[question.traj_ids[0]], "question_cap")
 
     def _holds(self, question: _Question, token_ids: np.ndarray) -> bool:
@@ -267,11 +269,13 @@ class ExperienceBuffer:
         return sample_questions(self._pool, int(n), cfg.question_sampling, cfg.bucket_mu, cfg.sigma, self._rng)
 
     def _candidate_records(self, qid: int) -> list[_Stored]:
-        """The question's most recent max_candidates_per_question trajectories, oldest first."""
+        """The question's most recent max_candidates_per_question trajectories (None: all), oldest first."""
         question = self._questions.get(qid)
         if question is None:
             return []
-        return [self._trajectories[t] for t in question.traj_ids[-self.config.max_candidates_per_question:]]
+        limit = self.config.max_candidates_per_question
+        ids = question.traj_ids if limit is None else question.traj_ids[-limit:]
+        return [self._trajectories[t] for t in ids]
 
     def candidates(self, qid: int) -> list[Trajectory]:
         """What `select` chooses from, in the order `scores` must follow ([] if none stored)."""

@@ -29,7 +29,10 @@ class ExperienceConfig:
         "stored_entropy" (argmin of the token-mean entropy recorded at collection),
         "recent" (most recently collected), "random".
     max_candidates_per_question: at most this many (the most recent) trajectories are candidates.
+        None = every stored one (the release).
     max_trajectories_per_question: per-question cap; storing beyond it evicts that question's oldest.
+        None = no per-question cap (the release keeps every success); max_total_tokens still bounds
+        the whole buffer.
     max_total_tokens: global cap on stored response tokens (8 bytes each: int32 id + float32 log-prob);
         beyond it the globally oldest trajectories are evicted. None = unbounded.
     max_age_steps: trajectories older than this many steps are evicted. None = no staleness limit.
@@ -44,8 +47,8 @@ class ExperienceConfig:
     bucket_sigma: float | None = None
     question_sampling: str = "gaussian"
     selection_metric: str = "entropy"
-    max_candidates_per_question: int = 8
-    max_trajectories_per_question: int = 16
+    max_candidates_per_question: int | None = 8
+    max_trajectories_per_question: int | None = 16
     max_total_tokens: int | None = 400_000_000
     max_age_steps: int | None = None
     zero_accuracy_policy: str = "drop_from_pool"
@@ -59,8 +62,9 @@ class ExperienceConfig:
                        lambda v: math.isfinite(v) and v > 0)
         check_choice(_key("question_sampling"), self.question_sampling, QUESTION_SAMPLING)
         check_choice(_key("selection_metric"), self.selection_metric, SELECTION_METRICS)
-        check_int(_key("max_candidates_per_question"), self.max_candidates_per_question, minimum=1)
-        check_int(_key("max_trajectories_per_question"), self.max_trajectories_per_question, minimum=1)
+        for name in ("max_candidates_per_question", "max_trajectories_per_question"):
+            if getattr(self, name) is not None:
+                check_int(_key(name), getattr(self, name), minimum=1)
         if self.max_total_tokens is not None:
             check_int(_key("max_total_tokens"), self.max_total_tokens, minimum=1)
         if self.max_age_steps is not None:

@@ -29,8 +29,12 @@ class GroupResult:
     prompt_ids: optional 1-D integer array, the prompt's token ids.
     payload: optional JSON-serialisable dict the caller needs to rebuild the prompt row.
 
-    The rollouts are the ones that count for accuracy: for a replayed question, the K-1 fresh
-    ones (the replayed trajectory is not passed), so n is K or K-1.
+    replayed_correct: members of the group replayed from the buffer (0, or 1 for an experience
+        question). They are not passed as rollouts (they are stored already) but count for the
+        accuracy as correct members: a question is graded on the K members it trained with, so
+        k fresh successes of K-1 plus the replayed one give k+1 of K (the release's count, and
+        the only rule under which every bucket 1..K-1 is reachable after a replay:
+        docs/experience.md).
     """
 
     question_id: int
@@ -41,6 +45,7 @@ class GroupResult:
     entropies: list | None = None
     prompt_ids: np.ndarray | None = None
     payload: dict | None = None
+    replayed_correct: int = 0
 
 
 class StorableRollout(NamedTuple):
@@ -56,8 +61,8 @@ class StorableRollout(NamedTuple):
 @dataclass
 class CheckedGroup:
     question_id: int
-    num_correct: int  # k
-    num_rollouts: int  # n
+    num_correct: int  # k, the replayed members included
+    num_rollouts: int  # n, the replayed members included
     storable: list[StorableRollout]
     prompt_ids: np.ndarray | None  # int32, a private copy
     payload: dict | None  # a private copy
@@ -75,8 +80,12 @@ def check_group(group: GroupResult, group_size: int, require_entropies: bool) ->
         raise ValueError(f"{name}.question_id: must be an int, got {type(qid).__name__}")
     rewards = _vector(group.rewards, f"{name}.rewards", kinds="biuf")
     n = rewards.shape[0]
-    if not 1 <= n <= group_size:
-        raise ValueError(f"{name}.rewards: has {n} rollouts, expected 1..group_size={group_size}")
+    replayed = group.replayed_correct
+    if isinstance(replayed, (bool, np.bool_)) or not isinstance(replayed, (int, np.integer)) or replayed < 0:
+        raise ValueError(f"{name}.replayed_correct: must be an int >= 0, got {replayed!r}")
+    if not 1 <= n <= group_size - replayed:
+        raise ValueError(f"{name}.rewards: has {n} rollouts besides {replayed} replayed, expected "
+                         f"1..group_size - replayed = {group_size - replayed}")
     if not np.isfinite(rewards).all():
         raise ValueError(f"{name}.rewards: contains non-finite values {rewards.tolist()}")
     eos = _vector(group.ended_with_eos, f"{name}.ended_with_eos", kinds="b")
@@ -106,7 +115,7 @@ def check_group(group: GroupResult, group_size: int, require_entropies: bool) ->
     if group.prompt_ids is not None:
         prompt_ids = _int32(_vector(group.prompt_ids, f"{name}.prompt_ids", kinds="iu"), name, ".prompt_ids").copy()
     payload = None if group.payload is None else _copy_payload(group.payload, f"{name}.payload")
-    return CheckedGroup(int(qid), int(correct.sum()), n, storable, prompt_ids, payload)
+    return CheckedGroup(int(qid), int(correct.sum()) + int(replayed), n + int(replayed), storable, prompt_ids, payload)
 
 
 def _vector(values, name, kinds):

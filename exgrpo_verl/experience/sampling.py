@@ -11,8 +11,8 @@ def bucket_of(num_correct: int, num_rollouts: int, group_size: int) -> int:
     """Bucket of a partly solved question: b = clip(floor(k K / n + 1/2), 1, K - 1).
 
     The accuracy k/n as the nearest success count out of K (halves round up), in exact integer
-    arithmetic. With n = K - 1 fresh rollouts (a replayed question) this maps k/(K-1) back onto
-    the K-rollout scale, e.g. K=8: 6/7 -> 7, 1/7 -> 1.
+    arithmetic. The trainer passes whole groups, n = K (a replayed question's replayed member
+    counts, GroupResult.replayed_correct), so b = k; the rounding serves partial groups only.
     """
     nearest = (2 * num_correct * group_size + num_rollouts) // (2 * num_rollouts)
     return min(max(nearest, 1), group_size - 1)

@@ -15,6 +15,9 @@ batch; verl's optimizer config rejects keys it does not know.
 
 Metric: `exgrpo/update_skipped`, 1 for a skipped optimiser step, 0 otherwise; verl averages it
 over the step's mini-batches (the fraction of updates skipped).
+
+The same engine saves the best-by-validation model (exgrpo_verl.best_model): a save into a best
+folder writes the Hugging Face model only and stays out of verl's checkpoint retention.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.tensor import DTensor
 
+from exgrpo_verl.best_model import is_best_folder
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
 MAX_GRAD_NORM_ATTRIBUTE = "exgrpo_max_grad_norm"
@@ -67,6 +71,19 @@ class GradNormGuardedEngine(FSDPEngineWithLMHead):
             self.optimizer.zero_grad()
             return grad_norm
         return super().optimizer_step()
+
+    def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None, **kwargs):
+        """verl's save; into a best-model folder (exgrpo_verl.best_model) the Hugging Face model only,
+        kept out of verl's checkpoint retention (its list of saved paths is left as it was)."""
+        if not is_best_folder(local_path):
+            return super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep, **kwargs)
+        manager = self.checkpoint_manager
+        contents, saved_paths = manager.checkpoint_save_contents, list(manager.previous_saved_paths)
+        manager.checkpoint_save_contents = ["hf_model"]
+        try:
+            return super().save_checkpoint(local_path, None, global_step, None, **kwargs)
+        finally:
+            manager.checkpoint_save_contents, manager.previous_saved_paths = contents, saved_paths
 
     def _grad_norm(self) -> float:
         """The total 2-norm of the gradients over all shards, gradients left as they are."""

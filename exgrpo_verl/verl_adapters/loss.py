@@ -27,7 +27,8 @@ import torch
 from tensordict import TensorDict
 
 from exgrpo_verl.algorithm import mixed_policy_token_loss, release_token_mean, release_token_sum
-from exgrpo_verl.config import ExGRPOLossConfig
+from exgrpo_verl.config import ExGRPOConfig, ExGRPOLossConfig
+from exgrpo_verl.verl_adapters.grad_norm_guard import with_max_grad_norm
 from verl.trainer.ppo.core_algos import agg_loss, kl_penalty
 from verl.utils.metric import AggregationType, Metric
 from verl.utils.torch_functional import masked_mean
@@ -39,6 +40,18 @@ REPLAY_WEIGHT_SUM = "exgrpo/replay_importance_weight_sum_per_token"
 REPLAY_SHAPED_WEIGHT_SUM = "exgrpo/replay_shaped_weight_sum_per_token"
 REPLAY_WEIGHT_MEAN = "exgrpo/replay_importance_weight_mean"
 REPLAY_SHAPED_WEIGHT_MEAN = "exgrpo/replay_shaped_weight_mean"
+
+
+def worker_loss_fn(actor_config: ActorConfig, settings: ExGRPOConfig, *, replay_started: bool) -> partial:
+    """The loss the trainer sends the workers (set_loss_fn), for ExGRPO and its GRPO twin alike.
+
+    GRPO (replay_ratio = 0) is ExGRPO minus replay: replay never starts, so it trains with the
+    warm-up loss for good, with the same aggregation (exgrpo.loss.aggregation), clip rule
+    (exgrpo.loss.warmup_dual_clip) and grad-norm skip (exgrpo.max_grad_norm). With verl's
+    aggregation and the dual clip (the defaults) that loss is verl's ppo_loss (tests/test_exgrpo_loss.py).
+    """
+    loss_fn = make_actor_loss_fn(actor_config, settings.loss, replay_started=replay_started and settings.enabled)
+    return with_max_grad_norm(loss_fn, settings.max_grad_norm)
 
 
 def make_actor_loss_fn(actor_config: ActorConfig, loss_config: ExGRPOLossConfig, *, replay_started: bool) -> partial:

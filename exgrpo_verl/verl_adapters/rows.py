@@ -100,8 +100,9 @@ def group_results_from_step(rows, is_padding: list[bool], eos_token_ids: set[int
     """Turn the step's trained rows into one GroupResult per question, and the fresh rewards.
 
     rows: the TensorDict of `STEP_FIELDS` for the step's keys (nested per-token fields);
-    is_padding: verl's padding rows, skipped; replayed rows are skipped too (the accuracy of
-    an experience question counts its K-1 fresh rollouts). The behaviour log-probs stored for
+    is_padding: verl's padding rows, skipped; a replayed row is not a rollout of its group (it
+    is stored already) but counts for its accuracy, as `replayed_correct` when its reward is 1,
+    so an experience question is graded on all K members. The behaviour log-probs stored for
     a trajectory are `old_log_probs`: the actor's own log-probs this step, before the update.
 
     Returns the groups and the rewards of every fresh rollout (for the step's solve rate).
@@ -117,12 +118,17 @@ def group_results_from_step(rows, is_padding: list[bool], eos_token_ids: set[int
     prompts = rows["prompts"].unbind()
 
     members: dict[str, list[int]] = defaultdict(list)
+    replayed_correct: dict[str, int] = defaultdict(int)
     for i, uid in enumerate(uids):
-        if not is_padding[i] and not replay_flags[i]:
+        if is_padding[i]:
+            continue
+        if replay_flags[i]:
+            replayed_correct[uid] += int(float(scores[i].sum()) == 1.0)
+        else:
             members[uid].append(i)
 
     groups, fresh_rewards = [], []
-    for rows_of_group in members.values():
+    for uid, rows_of_group in members.items():
         response_ids, log_probs, token_entropies, rewards, ended = [], [], [], [], []
         for i in rows_of_group:
             length = int(masks[i].sum())
@@ -143,6 +149,7 @@ def group_results_from_step(rows, is_padding: list[bool], eos_token_ids: set[int
                 ended_with_eos=np.asarray(ended, dtype=bool),
                 entropies=token_entropies,
                 prompt_ids=prompts[rows_of_group[0]].numpy().astype(np.int64),
+                replayed_correct=replayed_correct[uid],
             )
         )
     return groups, np.asarray(fresh_rewards, dtype=np.float64)

@@ -29,7 +29,6 @@ import logging
 import os
 import time
 import uuid
-from functools import partial
 
 import numpy as np
 import torch
@@ -38,7 +37,7 @@ from omegaconf import OmegaConf, open_dict
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 
-from exgrpo_verl import checkpoint_retention
+from exgrpo_verl import best_model, checkpoint_retention
 from exgrpo_verl.algorithm import trajectory_selection_score
 from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 from exgrpo_verl.data.rows import row_index
@@ -47,8 +46,8 @@ from exgrpo_verl.experience.journal import ExperienceLog, new_run_id
 from exgrpo_verl.hf_generation import eos_token_ids
 from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate, stores_successes
 from exgrpo_verl.verl_adapters import checkpoint, reward_manager
-from exgrpo_verl.verl_adapters.grad_norm_guard import SKIPPED_METRIC, with_max_grad_norm
-from exgrpo_verl.verl_adapters.loss import make_actor_loss_fn, replay_weight_means
+from exgrpo_verl.verl_adapters.grad_norm_guard import SKIPPED_METRIC
+from exgrpo_verl.verl_adapters.loss import replay_weight_means, worker_loss_fn
 from exgrpo_verl.verl_adapters.rows import (
     STEP_FIELDS,
     build_replayed_row,
@@ -58,6 +57,7 @@ from exgrpo_verl.verl_adapters.rows import (
     trajectory_key,
     uid_of_key,
 )
+from verl import DataProto
 from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
@@ -65,8 +65,8 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.dataset.rl_dataset import collate_fn
 from verl.utils.debug import marked_timer
+from verl.utils.debug.metrics import calculate_debug_metrics
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import response_from_nested
 
 logger = logging.getLogger(__name__)
@@ -137,15 +137,10 @@ class ExGRPOTrainer(PPOTrainerSync):
 
     def _install_loss(self):
         """Our worker loss, for the current phase (the on-policy clip goes when replay starts),
-        carrying the gradient-norm threshold to the engine (grad_norm_guard)."""
+        carrying the gradient-norm threshold to the engine (grad_norm_guard); rho = 0 gets the
+        warm-up loss for good (worker_loss_fn)."""
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
-        if self.settings.enabled:
-            loss_fn = make_actor_loss_fn(actor_config, self.settings.loss, replay_started=self.replay_started)
-        elif self.settings.max_grad_norm is not None:
-            loss_fn = partial(ppo_loss, config=actor_config)  # rho = 0: verl's own loss, as its worker builds it
-        else:
-            return  # rho = 0: plain GRPO with verl's own loss
-        self.actor_rollout_wg.set_loss_fn(with_max_grad_norm(loss_fn, self.settings.max_grad_norm))
+        self.actor_rollout_wg.set_loss_fn(worker_loss_fn(actor_config, self.settings, replay_started=self.replay_started))
 
     # ---- 1. which prompts this step ----------------------------------------------------------
     def prepare_step(self) -> dict:
@@ -161,7 +156,14 @@ class ExGRPOTrainer(PPOTrainerSync):
                 "the training data the checkpoint was made with"
             )
         self._step_questions = set(self._step_experience)
+        self._drop_unused_fresh_questions()
         return super().prepare_step()
+
+    def _drop_unused_fresh_questions(self) -> None:
+        """exgrpo.unused_fresh_questions=discard (the release): what the previous step fetched but did
+        not use is dropped, so this step's fresh questions come from a new draw (carry: they wait)."""
+        if self.settings.unused_fresh_questions == "discard":
+            self._fresh_carry = []
 
     def _fetch_one_gen_batch(self) -> TensorDict:
         """One generation batch: this step's experience questions first, then fresh questions."""
@@ -325,6 +327,11 @@ class ExGRPOTrainer(PPOTrainerSync):
         if self.settings.enabled:
             metrics["exgrpo/old_log_prob_tokens"] = sum(tag["seq_len"] for tag in batch.tags if not tag.get("is_padding"))
         replayed = [key for key, tag in zip(batch.keys, batch.tags) if tag.get("is_replay") and not tag.get("is_padding")]
+        if replayed and self.config.actor_rollout_ref.rollout.calculate_log_probs:
+            fresh_only = self._fresh_rollout_mismatch_metrics(batch)
+            # verl's values over every row stay, renamed: exgrpo/all_rows/<name>.
+            metrics.update({f"exgrpo/all_rows/{key.split('/', 1)[1]}": metrics[key] for key in fresh_only if key in metrics})
+            metrics.update(fresh_only)
         if replayed:
             rows = tq.kv_batch_get(keys=replayed, partition_id=batch.partition_id, select_fields=["rollout_log_probs", "old_log_probs"])
             # TransferQueue keeps one dtype per field: the stored log-probs go in the dtype verl
@@ -333,6 +340,18 @@ class ExGRPOTrainer(PPOTrainerSync):
             stored = rows["rollout_log_probs"].to(rows["old_log_probs"].dtype)
             tq.kv_batch_put(keys=replayed, partition_id=batch.partition_id, fields=TensorDict({"old_log_probs": stored}, batch_size=len(replayed)))
         return batch
+
+    def _fresh_rollout_mismatch_metrics(self, batch: KVBatchMeta) -> dict:
+        """verl's rollout-vs-actor metrics (training/rollout_probs_diff_*, rollout_actor_probs_pearson_corr)
+        over the fresh rows only. verl computes them over every row, and a replayed row's
+        rollout_log_probs are its stored ones (an older policy's), which would inflate them exactly
+        when replay runs and hide real vLLM/FSDP drift."""
+        fresh = [key for key, tag in zip(batch.keys, batch.tags) if not tag.get("is_replay") and not tag.get("is_padding")]
+        if not fresh:
+            return {"training/rollout_probs_diff_valid": 0}
+        fields = ["old_log_probs", "rollout_log_probs", "response_mask", "responses"]
+        rows = tq.kv_batch_get(keys=fresh, partition_id=batch.partition_id, select_fields=fields)
+        return calculate_debug_metrics(DataProto(batch=rows.to_padded_tensor()))
 
     # ---- 4. learn from the step --------------------------------------------------------------
     def step(self, metrics: dict, timing_raw: dict) -> KVBatchMeta:
@@ -373,6 +392,25 @@ class ExGRPOTrainer(PPOTrainerSync):
         metrics.update({key.replace("actor/exgrpo/", "exgrpo/"): value for key, value in replay_weight_means(metrics).items()})
         if "actor/" + SKIPPED_METRIC in metrics:
             metrics[SKIPPED_METRIC] = metrics.pop("actor/" + SKIPPED_METRIC)
+
+    # ---- the best-by-validation model ---------------------------------------------------------
+    def _validate(self):
+        val_metrics = super()._validate()
+        if self.global_steps > 0:  # a trained model, as the release (validation before training keeps nothing)
+            self._keep_best_model(val_metrics)
+        return val_metrics
+
+    def _keep_best_model(self, val_metrics: dict) -> None:
+        """Save the actor as the best model when this validation beats the kept one (best_model)."""
+        folder = self.config.trainer.default_local_dir
+        scores = best_model.validation_scores(val_metrics)
+        if not best_model.improves(scores, best_model.read_best(folder)):
+            return
+        candidate = best_model.new_folder(folder, self.global_steps)
+        self.actor_rollout_wg.save_checkpoint(str(candidate), None, self.global_steps, None)  # model only (engine)
+        record = best_model.publish(folder, candidate, self.global_steps, scores)
+        print(f"ExGRPO: best model {os.path.join(folder, best_model.BEST_LINK)} <- step {self.global_steps} "
+              f"(score {record['score']:.4f})", flush=True)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _save_checkpoint(self):

@@ -4,6 +4,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 RECIPE=cpu-tiny-qwen2
 RUNTIME=cpu
+# The toy run keeps the project's defaults (PRESET=release applies the release's rules here too).
+PRESET_DEFAULT=none
 REWARD_MODULE=exgrpo_verl.tasks.char_hunt
 
 MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-64}"

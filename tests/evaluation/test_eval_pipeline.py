@@ -38,7 +38,7 @@ def test_every_unique_question_is_sampled_k_times(evaluated):
 def test_samples_record_prompt_response_truth_and_every_graders_score(evaluated):
     out, _ = evaluated
     for sample in read_samples(out):
-        assert sample["prompt"][-1]["role"] == "user" and isinstance(sample["response"], str)
+        assert [m["role"] for m in sample["prompt"]] == ["user"] and isinstance(sample["response"], str)  # system dropped
         assert sample["ground_truth"] and 1 <= sample["num_tokens"] <= 16
         choice = {"choice", "choice_lenient"} if sample["data_source"] == "arc_c" else set()
         assert set(sample["grades"]) == {"math_verify", "boxed"} | choice
@@ -57,7 +57,7 @@ def test_summary(evaluated):
     assert summary["averages"]["out_of_distribution"]["missing"] == ["GPQA-diamond", "MMLU-Pro"]
     settings = summary["settings"]
     assert settings["avg_k"] == "2" and (settings["grader"], settings["choice_grader"]) == ("boxed", "choice")
-    assert settings["system_prompt"] == "auto" and settings["drop_system_prompt"] is False  # not a released model
+    assert settings["system_prompt"] == "drop" and settings["drop_system_prompt"] is True  # the paper's, every model
     generation = summary["generation"]
     assert generation["backend"] == "hf" and generation["samples"] == 16
     assert generation["samples_per_second_with_model_load"] > 0
@@ -83,21 +83,19 @@ def test_regrade_rescores_the_jsonl_without_generating(evaluated, load_script, t
     assert summary["benchmarks"]["ARC-c"]["grader"] == "choice_lenient"
 
 
-@pytest.mark.parametrize(
-    "choice, model, drops",
-    [
-        ("auto", "rzzhan/ExGRPO-Qwen2.5-Math-7B-Zero", True),  # the authors' released models
-        ("auto", "/models/exgrpo-llama3.1-8b-zero/", True),
-        ("auto", "outputs/models/qwen2.5-math-7b-exgrpo", False),  # our own runs keep the training prompt
-        ("keep", "rzzhan/ExGRPO-Qwen2.5-Math-7B-Zero", False),
-        ("drop", "Qwen/Qwen2.5-Math-7B", True),
-    ],
-)
-def test_system_prompt_is_dropped_for_released_models(load_script, choice, model, drops):
+@pytest.mark.parametrize("choice, drops", [("drop", True), ("keep", False)])
+def test_system_prompt_is_dropped_unless_kept(load_script, choice, drops):
     evaluate = load_script("evaluate")
-    assert evaluate.drops_system_prompt(choice, model) is drops
+    assert evaluate.drops_system_prompt(choice) is drops
     prompt = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
     assert [m["role"] for m in evaluate.chat_messages(prompt, drops)] == (["user"] if drops else ["system", "user"])
+
+
+def test_the_paper_route_drops_the_system_prompt_for_our_own_checkpoints_too(load_script):
+    """The default (no --system-prompt): dropped whatever the model, as the release's evaluation
+    asserts for every run; it used to be kept for anything not named ExGRPO-*."""
+    args = load_script("evaluate").parse_args(["--model", "outputs/qwen2.5-math-7b-exgrpo/checkpoints", "--data", "x.parquet", "--out", "o"])
+    assert args.system_prompt == "drop"
 
 
 def test_table_and_plot(evaluated, load_script, tmp_path):

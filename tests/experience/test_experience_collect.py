@@ -49,16 +49,41 @@ def test_duplicates_are_skipped_within_a_step_and_across_steps():
     assert buf.metrics()["duplicates_skipped"] == 2
 
 
-@pytest.mark.parametrize("k, n, expected", [
-    (1, 8, 1), (4, 8, 4), (7, 8, 7),  # fresh question: k out of K
-    (1, 7, 1), (3, 7, 3), (4, 7, 5), (6, 7, 7),  # replayed question: k out of K-1 fresh, 8k/7 rounded
-])
+@pytest.mark.parametrize("k, n, expected", [(1, 8, 1), (4, 8, 4), (7, 8, 7)])  # fresh question: k out of K
 def test_bucket_is_nearest_count_out_of_k(k, n, expected):
     assert bucket_of(k, n, 8) == expected
     buf = ExperienceBuffer(ExperienceConfig(group_size=8))
     buf.update(0, [group(5, [1.0] * k + [0.0] * (n - k))])
     view = buf.question(5)
     assert view.accuracy == k / n and view.bucket == expected
+
+
+def test_a_replayed_question_reaches_every_bucket():
+    """K = 8: k of the K-1 fresh rollouts correct plus the replayed member is k+1 of K, so k = 0..6
+    give buckets 1..7 and k = 7 retires (the old rule, k/(K-1) rounded onto K, gave {1,2,3,5,6,7}
+    for k = 1..6 and left bucket 4, the Gaussian's peak, unreachable)."""
+    K = 8
+    reached = {}
+    for k in range(K):
+        buf = ExperienceBuffer(ExperienceConfig(group_size=K))
+        buf.update(0, [partial_group(5, K, 3)])  # in the pool, bucket 3, before its replay
+        buf.update(1, [group(5, [1.0] * k + [0.0] * (K - 1 - k), replayed_correct=1)])
+        view = buf.question(5)
+        assert view.accuracy == (k + 1) / K
+        reached[k] = "retired" if buf.is_retired(5) else view.bucket
+    assert reached == {0: 1, 1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7, 7: "retired"}
+
+
+@pytest.mark.parametrize("replayed, rewards, message", [
+    (-1, [1, 0], "replayed_correct: must be an int >= 0"),
+    (True, [1, 0], "replayed_correct: must be an int >= 0"),
+    (1, [1, 0, 0, 0], "has 4 rollouts besides 1 replayed, expected 1..group_size - replayed = 3"),
+])
+def test_a_bad_replayed_count_names_the_field(replayed, rewards, message):
+    buf = ExperienceBuffer(ExperienceConfig(group_size=4))
+    with pytest.raises(ValueError, match=message):
+        buf.update(0, [group(5, rewards, replayed_correct=replayed)])
+    assert buf.question(5) is None  # nothing applied
 
 
 def test_bucket_of_rounds_halves_up_and_clips_into_one_to_k_minus_one():
@@ -69,7 +94,7 @@ def test_bucket_of_rounds_halves_up_and_clips_into_one_to_k_minus_one():
 def test_all_correct_retires_forever_and_frees_the_trajectories():
     buf = ExperienceBuffer(ExperienceConfig(group_size=4))
     buf.update(1, [partial_group(1, 4, 2, payload={"row": 1}), partial_group(2, 4, 1)])
-    buf.update(2, [group(1, [1, 1, 1])])  # K-1 fresh rollouts of a replayed question, all correct
+    buf.update(2, [group(1, [1, 1, 1], replayed_correct=1)])  # K-1 fresh rollouts of a replayed question, all correct
     assert buf.is_retired(1) and not buf.is_retired(2) and buf.retired_ids == frozenset({1})
     assert buf.candidates(1) == [] and buf.question(1).bucket is None and buf.question(1).payload is None
     assert buf.metrics()["evicted/retired"] == 2
@@ -125,6 +150,16 @@ def test_per_question_cap_evicts_that_questions_oldest():
     assert stored_tokens(buf, 1) == [[1, 1, 1, 7], [1, 2, 0, 7], [1, 2, 1, 7]]
     assert buf.question(2).num_trajectories == 1
     assert buf.metrics()["evicted/question_cap"] == 1
+
+
+def test_without_per_question_caps_every_success_is_kept_and_scored():
+    """The release preset (both caps None): a question keeps every stored success, all candidates."""
+    buf = ExperienceBuffer(ExperienceConfig(group_size=4, max_trajectories_per_question=None,
+                                            max_candidates_per_question=None))
+    for step in range(1, 8):
+        buf.update(step, [partial_group(1, 4, 3, tag=step)])
+    assert buf.question(1).num_trajectories == 21 and len(buf.candidates(1)) == 21
+    assert buf.metrics()["evicted/question_cap"] == 0
 
 
 def test_token_cap_evicts_globally_oldest_first():

@@ -206,3 +206,21 @@ def test_buffer_sampling_is_seeded_and_uses_the_configured_gaussian():
     assert all(narrow.question(q).bucket == 1 for q in narrow.sample_questions(10))
     with pytest.raises(ValueError, match="n=-1"):
         a.sample_questions(-1)
+
+
+def test_the_sampler_after_replay_draws_each_bucket_with_its_gaussian_weight():
+    """Seven questions replayed with k = 0..6 fresh successes of K-1 land one per bucket 1..7 (k+1
+    of K); one draw at a time then picks bucket b with probability N(b/K; 0.5, 1/K) normalised over
+    all seven, the middle bucket 4 most often. (The old k/(K-1) rule left bucket 4 empty.)"""
+    from experience_testkit import group
+
+    buf = ExperienceBuffer(ExperienceConfig(group_size=K, seed=3))
+    buf.update(0, [partial_group(q, K, 2) for q in range(K - 1)])
+    buf.update(1, [group(q, [1.0] * q + [0.0] * (K - 1 - q), tokens=[[q, 1, i] for i in range(K - 1)],
+                         replayed_correct=1) for q in range(K - 1)])
+    assert [buf.question(q).bucket for q in range(K - 1)] == list(BUCKETS)
+    draws = 4000
+    observed = np.bincount([buf.sample_questions(1)[0] for _ in range(draws)], minlength=K - 1)
+    expected = draws * reference_probabilities()
+    assert observed.argmax() == 3  # question 3, bucket 4
+    assert chi_square_p_value(observed, expected) > 1e-3
