@@ -30,7 +30,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from exgrpo_verl.child_process import ChildProcess, serve
+from exgrpo_verl.child_process import STARTUP_TIMEOUT_S, ChildProcess, serve
 
 PKG_PREFIX, FILE_PREFIX = "pkg://", "file://"
 
@@ -65,6 +65,10 @@ class RewardSandbox:
         self._local = threading.local()
         self._children: list[ChildProcess] = []
         self._children_lock = threading.Lock()
+        # Start every child now, in the background (each start blocks its pool thread, so each lands
+        # on its own thread): the reward worker is built long before the first rollouts are scored.
+        for _ in range(processes):
+            self._pool.submit(self._start_child)
 
     def _child(self) -> ChildProcess:
         """This pool thread's own child (started on its first call, from this thread, which
@@ -75,6 +79,12 @@ class RewardSandbox:
             with self._children_lock:
                 self._children.append(child)
         return child
+
+    def _start_child(self) -> None:
+        try:
+            self._child().request({"ping": True}, STARTUP_TIMEOUT_S)
+        except Exception:  # a child that cannot start says why on the first real call
+            pass
 
     def call(self, **kwargs):
         """One reward call on this thread's child, blocking: the function's result, or TimeoutError
@@ -106,6 +116,8 @@ def _handler(spec: str):
     function = load_function(spec["path"], spec["name"])
 
     def handle(request: dict) -> dict:
+        if request.get("ping"):
+            return {"pong": True}
         try:
             result = function(**{**request["kwargs"], **spec["reward_kwargs"]})  # reward_kwargs win, as in verl
             return {"result": asyncio.run(result) if inspect.iscoroutine(result) else result}
