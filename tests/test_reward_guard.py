@@ -67,6 +67,9 @@ def test_failing_rewards_are_zero_counted_and_named_never_a_hang(tiny_qwen2, cha
     assert [(row["exgrpo/reward_errors"], row["exgrpo/reward_timeouts"]) for row in steps] == [(3 * K, K), (3 * K, 0)]
     assert "reward call failed for question char_hunt#0, reward 0: ValueError: the grader broke on question 0" in log
     assert "reward call failed for question char_hunt#3, reward 0: no result within exgrpo.reward.timeout_s=2" in log
+    # Quiet logs: verl's warnings about optional engines that are not installed (torchtitan, megatron, ...)
+    # are filtered in every Ray process of a CPU run; the reward guard's own warnings above still show.
+    assert "engine is not available" not in log
 
     result, log, steps = _run(tiny_qwen2, train, val, tmp_path / "strict", max_failed_fraction=0.25)
     assert result.returncode != 0
