@@ -75,7 +75,7 @@ FREQUENCY = integer(-1)  # verl: -1 (or 0) turns validation / saving off
 
 # Every number and switch the plugin (trainer_configs/exgrpo.yaml, exgrpo_verl) or the recipes
 # (recipes/common.sh, cpu_runtime.launch) set or read. One row per key; keys the config lacks
-# are skipped (verl's own defaults apply).
+# are skipped (verl's own defaults apply). actor_rollout_ref.rollout.n (K >= 2) is main.check_config's.
 ARR = "actor_rollout_ref"
 SETTINGS: tuple[tuple[str, Rule], ...] = (
     ("data.train_batch_size", COUNT),
@@ -104,7 +104,6 @@ SETTINGS: tuple[tuple[str, Rule], ...] = (
     (f"{ARR}.actor.optim.clip_grad", POSITIVE),
     (f"{ARR}.actor.fsdp_config.param_offload", SWITCH),
     (f"{ARR}.actor.fsdp_config.optimizer_offload", SWITCH),
-    (f"{ARR}.rollout.n", integer(2)),
     (f"{ARR}.rollout.temperature", POSITIVE),
     (f"{ARR}.rollout.top_p", FRACTION),
     (f"{ARR}.rollout.calculate_log_probs", SWITCH),

@@ -51,7 +51,7 @@ def test_a_string_for_any_setting_is_named(default_config, key):
 
 @pytest.mark.parametrize("key, value, allowed", [
     ("actor_rollout_ref.rollout.gpu_memory_utilization", 1.5, "a number in (0, 1]"),
-    ("actor_rollout_ref.rollout.n", 1, "an integer >= 2"),
+    ("actor_rollout_ref.rollout.tensor_model_parallel_size", 0, "an integer >= 1"),
     ("trainer.total_training_steps", 0, "an integer >= 1, or null"),
     ("trainer.test_freq", -2, "an integer >= -1"),
     ("data.train_batch_size", True, "an integer >= 1"),  # a bool is not a count
