@@ -58,7 +58,7 @@ class GuardedRewardManager(RewardManagerBase):
         try:
             result = await asyncio.wait_for(self.inner.run_single(data), timeout=limit)
             result["reward_score"] = checked_score(result["reward_score"])
-        except TimeoutError as error:  # asyncio's and the sandbox's
+        except (asyncio.TimeoutError, TimeoutError) as error:  # asyncio's (distinct before Python 3.11), the sandbox's
             failure, problem = "timeout", str(error) or f"no result within exgrpo.reward.timeout_s={self.guard.timeout_s}"
         except RewardCallError as error:  # already "<type>: <message>" of what the function raised
             failure, problem = "error", str(error)
