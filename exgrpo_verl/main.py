@@ -24,17 +24,20 @@ from pathlib import Path
 
 import hydra
 
-from exgrpo_verl import checkpoint_retention, cpu_runtime_requested, graceful_stop, metrics_history, run_lock
+from exgrpo_verl import checkpoint_retention, cpu_runtime_requested, graceful_stop, metrics_history, quiet_logs, run_lock
 from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 from exgrpo_verl.preflight import check_run_inputs
+from exgrpo_verl.settings_checks import check_attention, check_settings
 
 CONFIG_DIR = str(files("exgrpo_verl.trainer_configs"))
 
 
 def check_config(config) -> ExGRPOConfig:
-    """Validate the ExGRPO section and, on a CPU run, what the CPU runtime can serve."""
+    """Validate every setting's type and range, the reward function's file, the ExGRPO section
+    and, on a CPU run, what the CPU runtime can serve."""
     from omegaconf import OmegaConf
 
+    check_settings(config)
     rollouts = config.actor_rollout_ref.rollout.n
     if not isinstance(rollouts, int) or rollouts < 2:
         raise ValueError(f"actor_rollout_ref.rollout.n={rollouts!r}: ExGRPO needs K >= 2 rollouts per question")
@@ -63,6 +66,7 @@ def resumes(config) -> bool:
 @hydra.main(config_path=CONFIG_DIR, config_name="exgrpo", version_base=None)
 def main(config):
     check_config(config)
+    check_attention(config)
     for report in check_run_inputs(config):
         skipped = f", {len(report.overlong)} over data.max_prompt_length skipped (first: {report.overlong[0][0]} row " \
                   f"{report.overlong[0][1]})" if report.overlong else ""
@@ -73,6 +77,7 @@ def main(config):
         metrics_file = metrics_history.file_logger_path(config)
         if metrics_file is not None:
             metrics_history.prepare(metrics_file, resuming=resumes(config))
+        quiet_logs.request_for_run(config.actor_rollout_ref.actor.strategy)
         run_verl(config, on_ray_ready=stop.install)
 
 

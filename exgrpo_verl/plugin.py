@@ -116,8 +116,10 @@ def when_imported(module_name: str, register: Callable[[], None]) -> None:
 
 def register_all() -> None:
     """Register our components with verl's registries, each when its registry loads. Idempotent."""
-    from exgrpo_verl import cpu_runtime_requested
+    from exgrpo_verl import cpu_runtime_requested, quiet_logs
 
+    if quiet_logs.requested():
+        quiet_logs.install()
     if cpu_runtime_requested():
         from exgrpo_verl import cpu_runtime
 

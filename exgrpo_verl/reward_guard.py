@@ -2,7 +2,8 @@
 
 A reward function that raises, hangs, or returns something that is not a finite number must
 neither stall the run nor silently thin it (verl drops a whole question's group when one of
-its reward calls raises, and waits forever on one that hangs). The guard turns each such call
+its reward calls raises, and waits forever on one that hangs). The guard runs the reward function in
+child processes it can kill (`exgrpo_verl.reward_sandbox`) and turns each failed call
 into reward 0 with a warning naming the question, flags the sample, and the trainer sums the
 flags of a step into `exgrpo/reward_errors` and `exgrpo/reward_timeouts`; when more than
 `max_failed_fraction` of a step's samples failed, the run stops before the update instead of
@@ -37,11 +38,14 @@ class RewardGuardConfig:
         verification at a few seconds each, so 30 s only catches real hangs.
     max_failed_fraction: the share of a step's samples whose reward call may fail (raise, time
         out, return a non-number) before the run stops; 0 stops at the first failure.
+    processes: the child processes per reward worker that run reward.custom_reward_function
+        (exgrpo_verl.reward_sandbox); the time limit runs from when one of them takes a call.
     """
 
     manager: str = "naive"
     timeout_s: float = 30.0
     max_failed_fraction: float = 0.1
+    processes: int = 4
 
     def __post_init__(self):
         if not isinstance(self.manager, str) or not self.manager:
@@ -50,6 +54,8 @@ class RewardGuardConfig:
             raise ValueError(f"exgrpo.reward.timeout_s={self.timeout_s!r}: must be a number of seconds > 0")
         if not _is_number(self.max_failed_fraction) or not 0 <= self.max_failed_fraction <= 1:
             raise ValueError(f"exgrpo.reward.max_failed_fraction={self.max_failed_fraction!r}: must be a number in [0, 1]")
+        if isinstance(self.processes, bool) or not isinstance(self.processes, int) or self.processes < 1:
+            raise ValueError(f"exgrpo.reward.processes={self.processes!r}: must be an integer >= 1")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "RewardGuardConfig":

@@ -16,6 +16,7 @@
 #   MODEL_PATH TRAIN_FILES VAL_FILES DATA_DIR        model and data
 #   NNODES GPUS_PER_NODE                              cluster (NNODES > 1: an existing Ray cluster)
 #   ROLLOUT_TP GPU_MEMORY_UTILIZATION OFFLOAD         vLLM tensor parallel size, its memory share, FSDP offload
+#   ATTENTION                                         flash_attention_2 (needs flash-attn) | sdpa
 #   MAX_PROMPT_LENGTH MAX_RESPONSE_LENGTH TOTAL_STEPS run size (token budgets follow the lengths)
 #   PROJECT EXPERIMENT OUTPUT_ROOT OUTPUT_DIR CKPT_DIR  names and places
 #   WANDB=1 TEST_FREQ SAVE_FREQ KEEP_CHECKPOINTS      logging, validation, checkpoints (and how many stay)
@@ -171,14 +172,12 @@ gpu_overrides() {
         "trainer.n_gpus_per_node=$GPUS_PER_NODE"
         # FSDP2: the strategy the CPU runtime (and so the test suite) runs as well.
         actor_rollout_ref.actor.strategy=fsdp2
-        actor_rollout_ref.model.use_remove_padding=True
         actor_rollout_ref.model.enable_gradient_checkpointing=True
         "actor_rollout_ref.actor.fsdp_config.param_offload=$offload"
         "actor_rollout_ref.actor.fsdp_config.optimizer_offload=$offload"
-        # Micro-batches by token count; the log-prob budget 3x the longest sequence (no grads).
-        # The log-prob and ref settings follow use_dynamic_bsz.
-        actor_rollout_ref.actor.use_dynamic_bsz=True
-        "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=$((3 * seq_len))"
+    )
+    attention_overrides "$seq_len"
+    OVERRIDES+=(
         actor_rollout_ref.rollout.name=vllm
         "actor_rollout_ref.rollout.tensor_model_parallel_size=$ROLLOUT_TP"
         "actor_rollout_ref.rollout.gpu_memory_utilization=$GPU_MEMORY_UTILIZATION"
@@ -186,17 +185,46 @@ gpu_overrides() {
         # checks this against the model's max_position_embeddings before vLLM starts.
         "actor_rollout_ref.rollout.max_model_len=$seq_len"
     )
-    # The update's budget: the preset's (the release's 32,768 tokens: with the entropy term per
-    # micro-batch, the budget sets its weight), else 2x the longest sequence (verl's DAPO recipe).
-    if [[ "$PRESET" == none ]]; then
-        OVERRIDES+=("actor_rollout_ref.actor.ppo_max_token_len_per_gpu=$((2 * seq_len))")
-    fi
     # Several nodes: join the Ray cluster started beforehand (ray start --head / --address=...);
     # "auto" fails fast when there is none, where a bare ray.init() would start a 1-node cluster.
     # RAY_ADDRESS, when set, takes precedence (Ray's rule for address=auto).
     if ((NNODES > 1)); then
         OVERRIDES+=(++ray_kwargs.ray_init.address=auto)
     fi
+}
+
+# ATTENTION=flash_attention_2 (default): padding removal on flash-attn's varlen kernels, micro-batches
+# by token count, budgets 2x (update) and 3x (log-probs, no grads) the longest sequence (the ratios of
+# verl's DAPO recipe; the log-prob and ref settings follow use_dynamic_bsz). Needs the flash-attn package.
+# ATTENTION=sdpa: PyTorch's attention, no flash-attn. Without padding removal every row is padded to
+# the longest sequence, so a token budget (which counts real tokens) could pack many short rows into
+# several times its size: fixed micro-batches instead, 1 sequence for the update and 2 for log-probs
+# (at most 1x and 2x the longest sequence, under the budgets above). These override the preset's
+# token-budget micro-batches, so under sdpa the entropy term's weight is not the release's.
+attention_overrides() {
+    local seq_len=$1
+    case "${ATTENTION:=flash_attention_2}" in
+    flash_attention_2)
+        OVERRIDES+=(
+            actor_rollout_ref.model.use_remove_padding=True
+            actor_rollout_ref.actor.use_dynamic_bsz=True
+            "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=$((3 * seq_len))"
+        )
+        # The update's budget: the preset's (the release's 32,768 tokens: with the entropy term per
+        # micro-batch, the budget sets its weight), else 2x the longest sequence.
+        if [[ "$PRESET" == none ]]; then
+            OVERRIDES+=("actor_rollout_ref.actor.ppo_max_token_len_per_gpu=$((2 * seq_len))")
+        fi ;;
+    sdpa) OVERRIDES+=(
+        +actor_rollout_ref.model.override_config.attn_implementation=sdpa
+        actor_rollout_ref.model.use_remove_padding=False
+        actor_rollout_ref.actor.use_dynamic_bsz=False
+        actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1
+        actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=False
+        actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2
+    ) ;;
+    *) die "ATTENTION=$ATTENTION: give flash_attention_2 (needs flash-attn) or sdpa" ;;
+    esac
 }
 
 cpu_overrides() {

@@ -31,7 +31,7 @@ import pandas as pd
 
 from exgrpo_verl.best_model import resolve_model
 from exgrpo_verl.data import unique_questions
-from exgrpo_verl.evaluation.generation import generate, resolve_backend
+from exgrpo_verl.evaluation.generation import CPUFallbackRefused, checked_backend, generate, resolve_backend
 from exgrpo_verl.evaluation.graders import CHOICE_GRADERS, MATH_GRADERS, grade, grader_for, graders_for
 from exgrpo_verl.evaluation.metrics import k_for, samples_per_question, summarize
 
@@ -51,7 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--choice-grader", choices=CHOICE_GRADERS, default="choice", help="multiple choice: strict (boxed) or lenient"
     )
-    parser.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="auto: vLLM if installed")
+    parser.add_argument(
+        "--backend", choices=["auto", "vllm", "hf"], default="auto",
+        help="auto: vLLM if it imports, else the CPU engine (refused for models over 1B parameters; hf forces it)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass (CPU engine)")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model (vLLM)")
     parser.add_argument(
@@ -190,6 +193,10 @@ def main(argv=None) -> dict:
         previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         settings, generation = previous.get("settings", {}), previous.get("generation")
     else:
+        try:
+            args.backend = checked_backend(args.backend, args.model)
+        except CPUFallbackRefused as error:
+            raise SystemExit(f"evaluate.py: {error}") from None
         out.mkdir(parents=True, exist_ok=True)
         records, generation = sample_records(load_questions(args.data, args.limit), args)
         settings = {

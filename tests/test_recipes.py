@@ -434,3 +434,33 @@ def test_the_think_template_renders_the_prompt_the_release_expects(tiny_qwen2, t
     )
     assert not source.endswith("<think>\n")
     assert (out / "model.safetensors").is_symlink() and not (out / "tokenizer_config.json").is_symlink()
+
+
+@pytest.mark.parametrize("attention", ["flash_attention_2", "sdpa"])
+def test_attention_switch_without_flash_attn_keeps_micro_batches_within_the_budgets(attention, tmp_path, monkeypatch):
+    from exgrpo_verl import CPU_RUNTIME_SWITCH
+    from exgrpo_verl.settings_checks import attention_problem
+
+    monkeypatch.delenv(CPU_RUNTIME_SWITCH, raising=False)
+    config = compose_overrides(dry_run("qwen2.5-math-7b/exgrpo.sh", tmp_path, ATTENTION=attention).overrides)
+    check_like_the_entry_point(config)
+    arr = config.actor_rollout_ref
+    if attention == "sdpa":
+        # No padding removal: every row is padded to 9216 tokens, so fixed micro-batches of 1 (update) and
+        # 2 (log-probs) rows stay within the 2x / 3x budgets a token-count micro-batch would have.
+        assert arr.model.override_config.attn_implementation == "sdpa" and arr.model.use_remove_padding is False
+        assert arr.actor.use_dynamic_bsz is False and arr.actor.ppo_micro_batch_size_per_gpu == 1
+        assert arr.rollout.log_prob_use_dynamic_bsz is False and arr.rollout.log_prob_micro_batch_size_per_gpu == 2
+        assert attention_problem(config, flash_attn_installed=False) is None
+    else:
+        # The release preset (the recipes' default) sets the release's 32,768-token update budget.
+        assert arr.model.use_remove_padding is True and arr.actor.ppo_max_token_len_per_gpu == 32768
+        assert "needs the flash-attn package" in attention_problem(config, flash_attn_installed=False)
+
+
+def test_an_unknown_attention_names_the_variable(tmp_path):
+    result = subprocess.run(["bash", str(RECIPES / "qwen2.5-math-7b/exgrpo.sh")], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], "DRY_RUN": "1", "PYTHON": sys.executable,
+                                 "OUTPUT_ROOT": str(tmp_path), "ATTENTION": "flash"}, timeout=60)
+    assert result.returncode != 0
+    assert "ATTENTION=flash: give flash_attention_2 (needs flash-attn) or sdpa" in result.stderr

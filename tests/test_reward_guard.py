@@ -62,10 +62,14 @@ def test_failing_rewards_are_zero_counted_and_named_never_a_hang(tiny_qwen2, cha
     train, val = char_hunt_files
     result, log, steps = _run(tiny_qwen2, train, val, tmp_path / "tolerant", max_failed_fraction=0.5)
     assert result.returncode == 0, log[-6000:]
-    # Step 1: questions 0 (raises), 1 (string), 2 (NaN) x K samples are errors, question 3 (hangs) times out.
+    # Step 1: questions 0 (raises), 1 (string), 2 (NaN) x K samples are errors; question 3 (stuck in the regex
+    # engine's C code, which no thread-based limit can stop) times out in its killable reward process.
     assert [(row["exgrpo/reward_errors"], row["exgrpo/reward_timeouts"]) for row in steps] == [(3 * K, K), (3 * K, 0)]
     assert "reward call failed for question char_hunt#0, reward 0: ValueError: the grader broke on question 0" in log
     assert "reward call failed for question char_hunt#3, reward 0: no result within exgrpo.reward.timeout_s=2" in log
+    # Quiet logs: verl's warnings about optional engines that are not installed (torchtitan, megatron, ...)
+    # are filtered in every Ray process of a CPU run; the reward guard's own warnings above still show.
+    assert "engine is not available" not in log
 
     result, log, steps = _run(tiny_qwen2, train, val, tmp_path / "strict", max_failed_fraction=0.25)
     assert result.returncode != 0

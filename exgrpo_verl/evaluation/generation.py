@@ -8,10 +8,12 @@ the way verl's reward loop does: `tokenizer.decode(ids, skip_special_tokens=True
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from numbers import Integral
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -21,12 +23,65 @@ class Response:
     finish_reason: str  # "stop" (a stop token) or "length" (hit max_tokens)
 
 
-def vllm_available() -> bool:
+def vllm_import_error() -> str | None:
+    """Why `import vllm` fails here ("<type>: <message>"), or None when it imports."""
     try:
         import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except ImportError as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def vllm_available() -> bool:
+    return vllm_import_error() is None
+
+
+LARGE_MODEL_PARAMETERS = 1e9  # the CPU engine (fp32, no KV-cache paging) is for tiny models
+BYTES_PER_PARAMETER = {"float32": 4, "float16": 2, "bfloat16": 2}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def model_parameters(model_path: str) -> float | None:
+    """A local model folder's parameter count, from its weights' size (the sharded-checkpoint
+    index's metadata.total_size, else the weight files) over the bytes per parameter of its
+    config's torch_dtype; None for a hub id or a folder without weights."""
+    folder = Path(model_path).expanduser()
+    if not folder.is_dir():
+        return None
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    per_parameter = BYTES_PER_PARAMETER.get(str(config.get("torch_dtype") or config.get("dtype")), 4)
+    total = None
+    for index in sorted(folder.glob("*.index.json")):
+        total = json.loads(index.read_text()).get("metadata", {}).get("total_size")
+        if total:
+            break
+    if not total:
+        total = sum(path.stat().st_size for path in folder.iterdir() if path.name.endswith(WEIGHT_SUFFIXES))
+    return total / per_parameter if total else None
+
+
+class CPUFallbackRefused(RuntimeError):
+    """backend="auto" found no vLLM and the model is too large for the CPU engine."""
+
+
+def checked_backend(backend: str, model_path: str) -> str:
+    """resolve_backend, refusing the silent CPU fallback for a large model: "auto" without vLLM
+    raises CPUFallbackRefused (naming the import error and both fixes) when the model has over
+    LARGE_MODEL_PARAMETERS parameters; backend="hf" asks for the CPU engine explicitly."""
+    if backend != "auto":
+        return resolve_backend(backend)
+    error = vllm_import_error()
+    if error is None:
+        return "vllm"
+    parameters = model_parameters(model_path)
+    if parameters is not None and parameters > LARGE_MODEL_PARAMETERS:
+        raise CPUFallbackRefused(
+            f"--backend auto: vLLM does not import here (import vllm: {error}), and the fallback, the CPU engine in "
+            f"fp32, would not finish a {parameters / 1e9:.1f}B-parameter model ({model_path}); fix: run on a GPU "
+            "machine with vLLM (pip install -e '.[gpu]'), or pass --backend hf to use the CPU engine anyway"
+        )
+    print(f"evaluate: vLLM does not import ({error}): generating with the CPU engine", flush=True)
+    return "hf"
 
 
 def resolve_backend(backend: str = "auto") -> str:

@@ -5,23 +5,18 @@ thread. verl's own wrapper gets around that with a `spawn` process pool, which s
 a word in any script lacking an `if __name__ == "__main__":` guard; and verl's reward loop calls
 the reward function from a thread pool, off the main thread. So `compare` calls math-verify
 directly on the main thread, with its own timeouts; on any other thread it sends the comparison
-to a child process (one per process, started with `python -m`, so it never re-imports the
-caller's script), which runs math-verify on its own main thread, answers in JSON lines over
-pipes, and is killed and restarted if it misses its deadline. No pool, no pickling, no
+to a child process (one per process, `exgrpo_verl.child_process`: started with `python -m`, so it
+never re-imports the caller's script), which runs math-verify on its own main thread, answers in
+JSON lines over pipes, and is killed and restarted if it misses its deadline. No pool, no pickling, no
 `__main__` guard needed by callers. POSIX only.
 """
 
 import atexit
-import json
-import os
-import select
-import subprocess
-import sys
 import threading
 from dataclasses import asdict
 from itertools import product
-from pathlib import Path
 
+from exgrpo_verl.child_process import ChildProcess, ChildStartError, serve
 from exgrpo_verl.evaluation.outcomes import CORRECT, GRADER_ERROR, INCORRECT, NO_ANSWER, GradeResult
 
 MATH_VERIFY_TIMEOUT_S = 5  # per parse / per comparison; an int because signal.alarm takes whole seconds
@@ -80,85 +75,39 @@ class MathVerifyWorker:
 
     One per process, started on first use, shared by all threads (one request at a time: sympy
     holds the GIL anyway). A reply later than the deadline kills the child; the next call starts
-    a new one.
+    a new one. The deadline counts from the request, not from the wait for the lock. (The reward
+    guard runs training rewards in children of their own, on their main threads, so those never
+    queue here: `exgrpo_verl.reward_sandbox`.)
     """
 
-    STARTUP_TIMEOUT_S = 120
     DEADLINE_PER_TIMEOUT = 8  # two parses and up to four comparisons, each bounded by timeout_s, plus slack
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._process: subprocess.Popen | None = None
-        self._owner_pid = 0
+        self._child = ChildProcess("exgrpo_verl.evaluation.math_verify_worker")
 
     def compare(self, ground_truth: str, prediction: str, timeout_s: int) -> GradeResult:
-        request = json.dumps({"ground_truth": ground_truth, "prediction": prediction, "timeout_s": timeout_s})
+        request = {"ground_truth": ground_truth, "prediction": prediction, "timeout_s": timeout_s}
         with self._lock:
             try:
-                process = self._running_process()
-                process.stdin.write(request + "\n")
-                process.stdin.flush()
-                return GradeResult(**json.loads(self._read_line(process, self.DEADLINE_PER_TIMEOUT * timeout_s)))
-            except (OSError, TimeoutError, EOFError, ValueError) as error:
-                self._stop()
+                return GradeResult(**self._child.request(request, self.DEADLINE_PER_TIMEOUT * timeout_s))
+            except (OSError, TimeoutError, EOFError, ValueError, ChildStartError) as error:
                 return GradeResult(GRADER_ERROR, detail=f"math-verify worker: {type(error).__name__}: {error}")
-
-    def _running_process(self) -> subprocess.Popen:
-        # After a fork the handle belongs to the parent process: start our own child.
-        if self._process is not None and self._owner_pid == os.getpid() and self._process.poll() is None:
-            return self._process
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "exgrpo_verl.evaluation.math_verify_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self._owner_pid = os.getpid()
-        self._read_line(self._process, self.STARTUP_TIMEOUT_S)  # the child's "ready" line
-        return self._process
-
-    @staticmethod
-    def _read_line(process: subprocess.Popen, deadline_s: float) -> str:
-        ready, _, _ = select.select([process.stdout], [], [], deadline_s)
-        if not ready:
-            raise TimeoutError(f"no reply within {deadline_s} s")
-        line = process.stdout.readline()
-        if not line:
-            raise EOFError(f"the worker exited with code {process.wait()}")
-        return line
-
-    def _stop(self) -> None:
-        if self._process is not None and self._owner_pid == os.getpid():
-            self._process.kill()
-            self._process.wait()
-        self._process = None
 
     def close(self) -> None:
         with self._lock:
-            self._stop()
+            self._child.stop()
 
 
 _worker = MathVerifyWorker()
 atexit.register(_worker.close)
 
 
-def serve() -> None:
-    """The child's loop: one JSON request per stdin line, one JSON GradeResult per stdout line."""
+def _handler():
     import math_verify  # noqa: F401  (import before announcing readiness: it takes a second or two)
 
-    protocol = sys.stdout
-    sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the protocol
-    protocol.write('{"ready": true}\n')
-    protocol.flush()
-    for line in sys.stdin:
-        request = json.loads(line)
-        result = math_verify_compare(request["ground_truth"], request["prediction"], request["timeout_s"])
-        protocol.write(json.dumps(asdict(result)) + "\n")
-        protocol.flush()
+    return lambda request: asdict(math_verify_compare(request["ground_truth"], request["prediction"], request["timeout_s"]))
 
 
 if __name__ == "__main__":  # started by MathVerifyWorker: JSON lines on stdin and stdout
-    serve()
+    serve(_handler)

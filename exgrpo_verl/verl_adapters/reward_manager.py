@@ -11,9 +11,12 @@ exception, a timeout or a score that is not a finite number becomes reward 0 wit
 naming the question, and per-sample flags in `reward_extra_info` that the trainer sums
 (`exgrpo_verl.reward_guard.step_reward_failures`).
 
-A timed-out call's thread cannot be stopped from Python: it is abandoned and keeps its slot in
-the worker's thread pool. Should hung calls fill the pool, later calls time out too, and the
-step's failed share stops the run with an error; it never hangs.
+A custom reward function runs in the guard's killable child processes
+(`exgrpo_verl.reward_sandbox`): the inner manager gets the sandbox's async form of it, and the
+time limit runs from when a child takes the call, so neither a function stuck in C code nor
+the calls queued behind a slow one can hang or fail the step. verl's default reward (no
+custom_reward_function) runs in the worker's threads as before, under `asyncio.wait_for`: a
+timed-out thread there cannot be stopped and keeps its slot in the worker's thread pool.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from omegaconf import OmegaConf
 from transfer_queue import KVBatchMeta
 
 from exgrpo_verl.reward_guard import RewardGuardConfig, checked_score, sample_flags, step_reward_failures
+from exgrpo_verl.reward_sandbox import RewardCallError, RewardSandbox
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
@@ -42,15 +46,22 @@ class GuardedRewardManager(RewardManagerBase):
     def __init__(self, config, tokenizer, compute_score, **manager_kwargs):
         super().__init__(config, tokenizer, compute_score)
         self.guard = guard_config(config)
+        self.sandbox = reward_sandbox(config, self.guard)
+        if self.sandbox is not None:
+            compute_score = self.sandbox.compute_score
         self.inner = get_reward_manager_cls(self.guard.manager)(config, tokenizer, compute_score, **manager_kwargs)
         self._info_keys: set[str] = set()  # reward_extra_info keys of successful calls, zeroed on failures
 
     async def run_single(self, data: DataProto) -> dict:
+        # The sandbox keeps the time limit itself, from when a child takes the call (not while it queues).
+        limit = None if self.sandbox is not None else self.guard.timeout_s
         try:
-            result = await asyncio.wait_for(self.inner.run_single(data), timeout=self.guard.timeout_s)
+            result = await asyncio.wait_for(self.inner.run_single(data), timeout=limit)
             result["reward_score"] = checked_score(result["reward_score"])
-        except asyncio.TimeoutError:
-            failure, problem = "timeout", f"no result within exgrpo.reward.timeout_s={self.guard.timeout_s}"
+        except (asyncio.TimeoutError, TimeoutError) as error:  # asyncio's (distinct before Python 3.11), the sandbox's
+            failure, problem = "timeout", str(error) or f"no result within exgrpo.reward.timeout_s={self.guard.timeout_s}"
+        except RewardCallError as error:  # already "<type>: <message>" of what the function raised
+            failure, problem = "error", str(error)
         except Exception as error:  # the user's function may raise anything; it must not drop the sample
             failure, problem = "error", f"{type(error).__name__}: {error}"
         else:
@@ -59,6 +70,17 @@ class GuardedRewardManager(RewardManagerBase):
             return {**result, "reward_extra_info": {**info, **sample_flags(None)}}
         logger.warning("reward call failed for question %s, reward 0: %s", _question(data), problem)
         return {"reward_score": 0.0, "reward_extra_info": {**dict.fromkeys(self._info_keys, 0.0), **sample_flags(failure)}}
+
+
+def reward_sandbox(config, guard: RewardGuardConfig) -> RewardSandbox | None:
+    """The sandbox running reward.custom_reward_function, or None when the run uses verl's default."""
+    function = config.reward.get("custom_reward_function") or {}
+    if not function.get("path"):
+        return None
+    reward_kwargs = function.get("reward_kwargs") or {}
+    reward_kwargs = OmegaConf.to_container(reward_kwargs, resolve=True) if OmegaConf.is_config(reward_kwargs) else dict(reward_kwargs)
+    return RewardSandbox(str(function["path"]), str(function.get("name") or "compute_score"), reward_kwargs, guard.processes,
+                         guard.timeout_s)
 
 
 def _question(data: DataProto) -> str:

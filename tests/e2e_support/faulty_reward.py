@@ -4,15 +4,14 @@ reward guard's end-to-end test; every other question gets the toy task's reward.
     index % 8 == 0   raises
     index % 8 == 1   returns a string
     index % 8 == 2   returns NaN
-    index == 3       hangs (sleeps HANG_S, longer than the test's exgrpo.reward.timeout_s)
+    index == 3       hangs in C code: a catastrophic regular expression (~2^60 backtracking steps)
+                     that never releases the GIL, so no thread-based time limit can interrupt it
 """
 
 import math
-import time
+import re
 
 from exgrpo_verl.tasks import char_hunt
-
-HANG_S = 30
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
@@ -24,5 +23,5 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     if index % 8 == 2:
         return math.nan
     if index == 3:
-        time.sleep(HANG_S)
+        re.match(r"(a+)+$", "a" * 60 + "b")
     return char_hunt.compute_score(data_source, solution_str, ground_truth, extra_info)
