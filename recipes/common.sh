@@ -22,6 +22,7 @@
 #   REWARD_MODULE                                     module whose compute_score is the training reward
 #   EXTEND_CONTEXT MODELS_DIR                         Qwen2.5-Math context extension (prepare_model below)
 #   PYTHON DRY_RUN                                    interpreter; 1 = print the command only
+#   REPLAY_STRATEGY                                   exgrpo.strategy of exgrpo.sh (docs/strategies.md)
 set -euo pipefail
 
 RECIPES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -215,6 +216,7 @@ run_recipe() {
     # verl's own PPO loss (clip kept) and the same advantage, A = r - mean(r); no experience is
     # collected, so nothing is retired either. The only difference is ExGRPO itself.
     if [[ "$algorithm" == grpo ]]; then OVERRIDES+=(exgrpo.replay_ratio=0); fi
+    if [[ "$algorithm" == exgrpo && -n "${REPLAY_STRATEGY:-}" ]]; then OVERRIDES+=("exgrpo.strategy=$REPLAY_STRATEGY"); fi
 
     local command=(env PYTHONUNBUFFERED=1 "${RUN_ENV[@]}" "$PYTHON" -m exgrpo_verl.main "${OVERRIDES[@]}" "$@")
     if is_dry_run; then
