@@ -140,8 +140,7 @@ class ExGRPOTrainer(PPOTrainerSync):
         self.group_size = int(config.actor_rollout_ref.rollout.n)
         self.strategy = self.settings.replay_strategy(self.group_size)
         self.experience = ExperienceBuffer(self.settings.experience_config(self.group_size))
-        # Where replayed trajectories come from: this run's buffer, or an earlier run's, frozen (RLEP).
-        self._replay_source = frozen_replay_set(self.strategy.settings.source) if self.strategy.frozen_source else self.experience
+        self._frozen_set = frozen_replay_set(self.strategy.settings.source) if self.strategy.frozen_source else None
         self.replay_started = False
         self._fresh_carry: list[int] = []  # question ids fetched from the data loader, not yet used
         self._step_questions: set[int] = set()  # every question of the current step
@@ -153,6 +152,12 @@ class ExGRPOTrainer(PPOTrainerSync):
             config.trainer.v1.trainer_mode = "sync"
         super().__init__(config)
         self.replay_buffer.poll_interval = self.settings.sampler_poll_interval_s
+
+    @property
+    def _replay_source(self) -> ExperienceBuffer:
+        """Where replayed trajectories come from: this run's buffer (as restored on resume), or an
+        earlier run's, frozen (RLEP)."""
+        return self._frozen_set if self._frozen_set is not None else self.experience
 
     # ---- set-up ------------------------------------------------------------------------------
     def _init_dataloader(self):
