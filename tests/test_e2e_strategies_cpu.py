@@ -1,10 +1,10 @@
 """The replay strategies other than ExGRPO through verl's real trainer on the CPU, one launch each,
 chained so that each launch also tests a checkpoint:
 
-    zero_variance_fill (mirror on)  6 steps from scratch, checkpoints at steps 3 and 6
-    repo                            resumes that run at step 6 (its buffer, successes and failures)
+    zero_variance_fill (mirror on)  8 steps from scratch (every question twice), checkpoints at 4, 8
+    repo                            resumes that run at step 8 (its buffer, successes and failures)
                                     and trains 2 more steps
-    rlep                            a new run replaying the fill run's step-6 experience, frozen
+    rlep                            a new run replaying the fill run's step-8 experience, frozen
 
 Per step the observer (e2e_support/observed_trainer.py) records every group before the join (its
 fresh rewards) and after (each trained row: replayed?, reward, shares the group's baseline?),
@@ -20,7 +20,7 @@ from e2e_support.observed_run import train_observed
 from exgrpo_verl.experience import ExperienceBuffer
 from exgrpo_verl.tasks import char_hunt
 
-B, K, FILL_STEPS, REPO_STEPS, RLEP_STEPS, M = 4, 4, 6, 2, 3, 2
+B, K, FILL_STEPS, REPO_STEPS, RLEP_STEPS, M = 4, 4, 8, 2, 3, 2
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def small_char_hunt(tmp_path_factory):
 
 
 def _train(model, data, out, steps, resume=False, extra=()):
-    return train_observed(model, *data, out, steps, resume, batch=B, rollouts=K, extra=("trainer.save_freq=3", *extra))
+    return train_observed(model, *data, out, steps, resume, batch=B, rollouts=K, extra=("trainer.save_freq=4", *extra))
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def fill_run(tiny_qwen2, small_char_hunt, tmp_path_factory):
     out = tmp_path_factory.mktemp("fill_run")
     steps, observations = _train(tiny_qwen2, small_char_hunt, out, FILL_STEPS, extra=(
         "exgrpo.strategy=zero_variance_fill", "+exgrpo.strategy_settings.mirror_all_correct=true"))
-    # The RLEP run's source: the step-6 experience as saved (the resumed run may tidy checkpoints away).
+    # The RLEP run's source: the step-8 experience as saved (the resumed run may tidy checkpoints away).
     earlier = tmp_path_factory.mktemp("earlier_run") / f"global_step_{FILL_STEPS}"
     shutil.copytree(out / "checkpoints" / f"global_step_{FILL_STEPS}" / "exgrpo", earlier / "exgrpo")
     return out, steps, observations, earlier
