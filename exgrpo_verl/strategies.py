@@ -19,12 +19,14 @@ buffer's `Trajectory`s, and the trainer adapter turns `JoinRequest`s into rows.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
-from exgrpo_verl.experience import Trajectory
+from exgrpo_verl.experience import ExperienceBuffer, Trajectory
+from exgrpo_verl.experience.persistence import CheckpointError
 from exgrpo_verl.mixing import experience_question_count, replay_starts, stores_successes
 from exgrpo_verl.validation import check_bool, check_choice, check_int
 
@@ -324,6 +326,18 @@ def strategy_settings(name: str, values: dict | None):
     if unknown:
         raise ValueError(f"exgrpo.strategy_settings: unknown keys {unknown} for strategy {name}; allowed: {allowed}")
     return settings_class(**values)
+
+
+def frozen_replay_set(source: str) -> ExperienceBuffer:
+    """An earlier run's experience, read once and never changed (RLEP): `source` is its checkpoint
+    folder (global_step_N, holding exgrpo/experience) or that experience folder itself."""
+    folder = os.path.join(source, "exgrpo", "experience")
+    folder = folder if os.path.isdir(folder) else source
+    try:
+        return ExperienceBuffer.load(folder)
+    except (OSError, ValueError, CheckpointError) as error:
+        raise ValueError(f"exgrpo.strategy_settings.source={source!r}: no experience checkpoint there ({error}); give an "
+                         "earlier run's checkpoint folder (…/global_step_N)") from error
 
 
 def build_strategy(name: str, values: dict | None, group_size: int) -> ReplayStrategy:

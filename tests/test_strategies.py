@@ -156,6 +156,16 @@ def test_repo_adds_the_m_most_recent_rollouts_with_their_own_advantage_baseline(
 
 
 # ---- RLEP ------------------------------------------------------------------------------------
+def test_rlep_source_is_read_whole_or_refused_naming_the_key(tmp_path):
+    from exgrpo_verl.strategies import frozen_replay_set
+
+    _buffer().save(tmp_path / "global_step_3" / "exgrpo" / "experience")
+    assert frozen_replay_set(str(tmp_path / "global_step_3")).metrics() == _buffer().metrics()
+    with pytest.raises(ValueError, match=r"^exgrpo.strategy_settings.source='/nowhere/global_step_3': no experience "
+                                         r"checkpoint there .*give an earlier run's checkpoint folder"):
+        frozen_replay_set("/nowhere/global_step_3")
+
+
 def test_rlep_adds_m_frozen_successes_sharing_the_group_baseline():
     frozen = _buffer(store_failures=True)
     strategy = build_strategy("rlep", {"source": "/earlier/run/global_step_9", "replayed_per_question": 1}, K)

@@ -49,10 +49,9 @@ from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 from exgrpo_verl.data.rows import row_index
 from exgrpo_verl.experience import ExperienceBuffer
 from exgrpo_verl.experience.journal import ExperienceLog, new_run_id
-from exgrpo_verl.experience.persistence import CheckpointError
 from exgrpo_verl.hf_generation import eos_token_ids
 from exgrpo_verl.mixing import solve_rate
-from exgrpo_verl.strategies import GroupOutcome, JoinRequest
+from exgrpo_verl.strategies import GroupOutcome, JoinRequest, frozen_replay_set
 from exgrpo_verl.verl_adapters import checkpoint, reward_manager
 from exgrpo_verl.verl_adapters.grad_norm_guard import SKIPPED_METRIC, with_max_grad_norm
 from exgrpo_verl.verl_adapters.joins import Joined, build_joins, separate_advantage_uid
@@ -113,18 +112,6 @@ class Sibling(NamedTuple):
 
     row: dict
     tag: dict
-
-
-def frozen_replay_set(source: str) -> ExperienceBuffer:
-    """An earlier run's experience, read once and never changed (RLEP): `source` is its checkpoint
-    folder (global_step_N, holding exgrpo/experience) or that experience folder itself."""
-    folder = os.path.join(source, "exgrpo", "experience")
-    folder = folder if os.path.isdir(folder) else source
-    try:
-        return ExperienceBuffer.load(folder)
-    except (OSError, ValueError, CheckpointError) as error:
-        raise ValueError(f"exgrpo.strategy_settings.source={source!r}: no experience checkpoint there ({error}); give an "
-                         "earlier run's checkpoint folder (…/global_step_N)") from error
 
 
 def _padded(nested: torch.Tensor) -> torch.Tensor:
