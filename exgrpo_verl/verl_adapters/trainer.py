@@ -298,7 +298,11 @@ class ExGRPOTrainer(PPOTrainerSync):
         return chosen
 
     def _put_joined_rows(self, batch: KVBatchMeta, joined: Joined, siblings: dict[str, Sibling]) -> None:
-        """Write the joined rows into TransferQueue and clear the rows that leave the step."""
+        """Clear the rows that leave the step, then write the joined rows: first, since a row that
+        replaces a fresh one takes its key (its session)."""
+        leaving = joined.leaving_keys(batch.keys)
+        if leaving:
+            tq.kv_clear(keys=leaving, partition_id=batch.partition_id)
         for placement in joined.placed:
             sibling = siblings[placement.uid]
             trajectory = placement.trajectory
@@ -309,9 +313,6 @@ class ExGRPOTrainer(PPOTrainerSync):
             joined.add_row(row, replayed_row_tag(sibling.tag, len(sibling.row["prompts"]), len(response)), placement)
         if joined.keys:
             tq.kv_batch_put(keys=joined.keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(joined.rows), tags=joined.tags)
-        leaving = joined.leaving_keys(batch.keys)
-        if leaving:
-            tq.kv_clear(keys=leaving, partition_id=batch.partition_id)
 
     def _selection_scores(self, groups: list[tuple[str, dict, list]], metrics: dict) -> dict[str, np.ndarray]:
         """Score the usable candidates of every (uid, sibling row, candidates) group in one batched
