@@ -123,6 +123,8 @@ def test_fill_replaces_one_failed_row_by_a_stored_success_and_the_group_gains_si
     (placement,) = joined.placed
     assert (placement.uid, placement.session, placement.trajectory.reward) == ("fail", K - 1, 1.0)
     assert joined.replaced == {("fail", K - 1)} and joined.groups_given_signal == 1
+    # The replaced row leaves and the stored success takes its key: the trainer clears before it writes.
+    assert joined.leaving_keys(["fail_0_0", f"fail_{K - 1}_0", "mixed_3_0"]) == [f"fail_{K - 1}_0"]
     # The trained group: rows 0..2 fresh (0), row 3 the stored success (1): A = r - mean = -1/4, 3/4.
     assert _advantages([("fail", 0)] * 3 + [("fail", 1)]) == [-0.25, -0.25, -0.25, 0.75]
     assert strategy.generations_saved(groups) == 0 and not strategy.stores_failures
