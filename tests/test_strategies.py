@@ -196,9 +196,9 @@ def test_failures_are_stored_with_their_rewards_only_when_the_strategy_asks(tmp_
     logged.update(1, [GroupResult(question_id=7, response_ids=[np.array([3, EOS]), np.array([9, EOS])],
                                   log_probs=[np.full(2, -0.5)] * 2, rewards=np.array([1.0, 0.25]),
                                   ended_with_eos=np.ones(2, dtype=bool))])
-    log = ExperienceLog.start(tmp_path / "log", "base")
+    log = ExperienceLog.start(tmp_path / "log", "base", "run")
     log.append(1, logged.take_operations())
-    _, records, _ = ExperienceLog.resume(tmp_path / "log", "base")
+    _, records, _ = ExperienceLog.resume(tmp_path / "log", "base", "run")
     copy = ExperienceBuffer(buffer.config)
     for record in records:
         copy.replay(record.operations)
