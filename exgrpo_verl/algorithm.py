@@ -243,10 +243,20 @@ def trajectory_selection_score(metric: str, entropy: torch.Tensor, log_prob: tor
     Means are over the response tokens only. The release's mask made its score, in effect, the
     summed entropy, which favours short trajectories; "entropy_sum" reproduces it.
     """
-    if metric == "entropy":
-        return token_mean(entropy, mask)
-    if metric == "entropy_sum":
-        return (entropy * mask.to(entropy.dtype)).sum(-1)
-    if metric == "perplexity":
-        return torch.exp(-token_mean(log_prob, mask))
-    raise ValueError(f"trajectory_selection_score: metric must be 'entropy', 'entropy_sum' or 'perplexity', got {metric!r}")
+    score = _SELECTION_SCORES.get(metric)
+    if score is None:
+        raise ValueError(f"trajectory_selection_score: metric must be one of {', '.join(_SELECTION_SCORES)}, got {metric!r}")
+    return score(entropy, log_prob, mask)
+
+
+def _entropy_sum(entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (entropy * mask.to(entropy.dtype)).sum(-1)
+
+
+# One scorer per forward-pass metric of exgrpo_verl.experience.config.SELECTION_METRICS (a test
+# checks the two agree).
+_SELECTION_SCORES = {
+    "entropy": lambda entropy, log_prob, mask: token_mean(entropy, mask),
+    "entropy_sum": lambda entropy, log_prob, mask: _entropy_sum(entropy, mask),
+    "perplexity": lambda entropy, log_prob, mask: torch.exp(-token_mean(log_prob, mask)),
+}

@@ -13,10 +13,13 @@ from typing import Any
 
 from exgrpo_verl.experience import ExperienceConfig
 from exgrpo_verl.reward_guard import RewardGuardConfig
+from exgrpo_verl.strategies import ReplayStrategy, build_strategy, strategy_settings
 from exgrpo_verl.validation import check_bool, check_choice, check_int, check_real
 
 LOSS_AGGREGATIONS = ("verl", "release")
 UNUSED_FRESH_QUESTIONS = ("carry", "discard")
+# verl 0.9.1's own trainer modes: none of them calls the replay hooks.
+VERL_TRAINER_MODES = ("sync", "colocate_async", "separate_async")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class ExGRPOConfig:
     loss, experience: see ExGRPOLossConfig and exgrpo_verl.experience.ExperienceConfig
         (its group_size comes from actor_rollout_ref.rollout.n, not from here).
     reward: the reward guard's time limit and failure budget (exgrpo_verl.reward_guard).
+    strategy: the replay strategy (exgrpo_verl.strategies.STRATEGIES; docs/strategies.md):
+        "exgrpo" (default), "zero_variance_fill", "repo" or "rlep".
+    strategy_settings: the chosen strategy's own settings (see its settings class).
     """
 
     replay_ratio: float = 0.5
@@ -94,6 +100,8 @@ class ExGRPOConfig:
     loss: ExGRPOLossConfig = field(default_factory=ExGRPOLossConfig)
     experience: dict[str, Any] = field(default_factory=dict)
     reward: RewardGuardConfig = field(default_factory=RewardGuardConfig)
+    strategy: str = "exgrpo"
+    strategy_settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         check_real("exgrpo.replay_ratio", self.replay_ratio, "a number in [0, 1)", lambda v: 0 <= v < 1)
@@ -110,14 +118,22 @@ class ExGRPOConfig:
                        lambda v: math.isfinite(v) and v > 0)
         if "group_size" in self.experience:
             raise ValueError("exgrpo.experience.group_size: set actor_rollout_ref.rollout.n instead (it is K)")
+        if "store_failures" in self.experience:
+            raise ValueError("exgrpo.experience.store_failures: the replay strategy (exgrpo.strategy) decides it")
+        strategy_settings(self.strategy, self.strategy_settings)  # validated now, not mid-run
 
     @property
     def enabled(self) -> bool:
-        return self.replay_ratio > 0
+        """Replay of any kind: rho > 0 for ExGRPO; the other strategies replay whenever chosen."""
+        return self.replay_ratio > 0 or self.strategy != "exgrpo"
+
+    def replay_strategy(self, group_size: int) -> ReplayStrategy:
+        return build_strategy(self.strategy, self.strategy_settings, group_size)
 
     def experience_config(self, group_size: int) -> ExperienceConfig:
+        store_failures = self.replay_strategy(group_size).stores_failures
         try:
-            return ExperienceConfig.from_dict({**self.experience, "group_size": group_size})
+            return ExperienceConfig.from_dict({**self.experience, "group_size": group_size, "store_failures": store_failures})
         except ValueError as error:  # it names keys as "experience.<key>"
             raise ValueError(f"exgrpo.{error}") from error
 
@@ -133,8 +149,9 @@ class ExGRPOConfig:
         if set(loss) - loss_keys:
             raise ValueError(f"exgrpo.loss: unknown keys {sorted(set(loss) - loss_keys)}; allowed: {sorted(loss_keys)}")
         reward = RewardGuardConfig.from_dict(values.pop("reward", None))
-        config = cls(loss=ExGRPOLossConfig(**loss), reward=reward, **{k: v for k, v in values.items() if k != "experience"},
-                     experience=dict(values.get("experience") or {}))
+        config = cls(loss=ExGRPOLossConfig(**loss), reward=reward,
+                     **{k: v for k, v in values.items() if k not in ("experience", "strategy_settings")},
+                     experience=dict(values.get("experience") or {}), strategy_settings=dict(values.get("strategy_settings") or {}))
         # Validate the experience keys now, not mid-run; none of their checks depends on K.
         config.experience_config(group_size=_ANY_GROUP_SIZE)
         return config
@@ -174,6 +191,12 @@ def incompatible_verl_settings(config) -> list[str]:
         problems.append(f"actor_rollout_ref.actor.grad_clip={grad_clip}: verl 0.9.1's engine clips at "
                         f"actor_rollout_ref.actor.optim.clip_grad (now {clip_grad}); set "
                         f"actor_rollout_ref.actor.optim.clip_grad={grad_clip} instead")
+    mode = select("trainer.v1.trainer_mode", "exgrpo")
+    if mode in VERL_TRAINER_MODES:
+        problems.append(f"trainer.v1.trainer_mode={mode}: verl's own trainer would run without ExGRPO's replay hooks"
+                        + (" (in async modes prepare_step submits the next batch before the previous one trains, so "
+                           "experience groups would train without their replayed rows)" if mode != "sync" else "")
+                        + "; set trainer.v1.trainer_mode=exgrpo")
     sync_step = select("trainer.v1.sync.parameter_sync_step", 1)
     if sync_step != 1:
         problems.append(f"trainer.v1.sync.parameter_sync_step={sync_step}: ExGRPO mixes one batch per update; set it to 1")

@@ -28,6 +28,7 @@ from exgrpo_verl import checkpoint_retention, cpu_runtime_requested, graceful_st
 from exgrpo_verl.config import ExGRPOConfig, raise_on_incompatible_verl_settings
 from exgrpo_verl.preflight import check_run_inputs
 from exgrpo_verl.settings_checks import check_attention, check_settings
+from exgrpo_verl.strategies import frozen_replay_set
 
 CONFIG_DIR = str(files("exgrpo_verl.trainer_configs"))
 
@@ -43,6 +44,9 @@ def check_config(config) -> ExGRPOConfig:
         raise ValueError(f"actor_rollout_ref.rollout.n={rollouts!r}: ExGRPO needs K >= 2 rollouts per question")
     settings = ExGRPOConfig.from_dict(OmegaConf.to_container(config.get("exgrpo") or {}, resolve=True))
     settings.experience_config(group_size=rollouts)
+    strategy = settings.replay_strategy(rollouts)
+    if strategy.frozen_source:  # RLEP's earlier run must be readable now, not inside Ray
+        frozen_replay_set(strategy.settings.source)
     if settings.enabled:
         raise_on_incompatible_verl_settings(config)
     manager = config.reward.reward_manager

@@ -198,9 +198,11 @@ def evaluate_run(settings: StudySettings, run_dir: Path, data: dict[str, Path]) 
 
 # ---- summarising -----------------------------------------------------------------------------
 def generated_rollouts_per_step(rows: list[dict], batch: int, rollouts: int) -> np.ndarray:
-    """Rollouts the server generated each step: B*K, less one per replayed question (its replayed
-    trajectory takes the place of the K-th rollout, which is never generated)."""
-    return np.array([batch * rollouts - row.get("exgrpo/replayed_questions", 0.0) for row in rows])
+    """Rollouts the server generated each step: the trainer's count (`exgrpo/generated_rollouts`,
+    right for every replay strategy), or for rows logged without it B*K less one per replayed
+    question (ExGRPO: its replayed trajectory takes the place of a K-th rollout never generated)."""
+    return np.array([row.get("exgrpo/generated_rollouts", batch * rollouts - row.get("exgrpo/replayed_questions", 0.0))
+                     for row in rows])
 
 
 def interpolate(x: np.ndarray, y: np.ndarray, at: float) -> float:

@@ -25,6 +25,7 @@
 #   PRESET                                            release (GPU default): the authors' release on both
 #                                                     arms (+preset=release); none: the project's corrected defaults
 #   PYTHON DRY_RUN                                    interpreter; 1 = print the command only
+#   REPLAY_STRATEGY                                   exgrpo.strategy of exgrpo.sh (docs/strategies.md)
 set -euo pipefail
 
 RECIPES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -258,6 +259,7 @@ run_recipe() {
     # gradient scale, plain clip and grad-norm skip) and the same advantage, A = r - mean(r); no
     # experience is collected, so nothing is retired either. The only difference is replay.
     if [[ "$algorithm" == grpo ]]; then OVERRIDES+=(exgrpo.replay_ratio=0); fi
+    if [[ "$algorithm" == exgrpo && -n "${REPLAY_STRATEGY:-}" ]]; then OVERRIDES+=("exgrpo.strategy=$REPLAY_STRATEGY"); fi
 
     local command=(env PYTHONUNBUFFERED=1 "${RUN_ENV[@]}" "$PYTHON" -m exgrpo_verl.main "${OVERRIDES[@]}" "$@")
     if is_dry_run; then

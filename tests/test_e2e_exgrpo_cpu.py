@@ -11,40 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from exgrpo_verl.cpu_runtime.launch import cpu_run_overrides, read_metrics, run_training
+from e2e_support.observed_run import train_observed
 from exgrpo_verl.experience import ExperienceBuffer
-from exgrpo_verl.tasks import char_hunt
 
 BATCH, K, FIRST_STEPS, MORE_STEPS = 8, 4, 6, 2
 THRESHOLD = 0.1
-SUPPORT = Path(__file__).parent / "e2e_support"
 
 
 def _train(model, train, val, out: Path, total_steps: int, resume: bool, extra: tuple = ()):
-    overrides = cpu_run_overrides(
-        str(model), str(train), str(val), batch_size=BATCH, rollouts_per_question=K, max_response_length=32,
-        total_steps=total_steps, output_dir=str(out), reward_path=char_hunt.__file__,
-    ) + [
-        "trainer.v1.trainer_mode=exgrpo_observed",
-        f"exgrpo.start_solve_rate={THRESHOLD}",
-        "exgrpo.sampler_poll_interval_s=0.05",
-        "actor_rollout_ref.actor.optim.lr=1e-3",
-        "trainer.save_freq=3",
-        "trainer.test_freq=2",  # validations at steps 2, 4, 6 (and 8 after the resume): the best model
-        *extra,
-    ]
-    if resume:
-        overrides = [o for o in overrides if not o.startswith("trainer.resume_mode=")] + ["trainer.resume_mode=auto"]
-    observe = out / "observations.jsonl"
-    metrics = out / f"metrics_{total_steps}.jsonl"
-    log = out / f"train_{total_steps}.log"
-    env = {"PYTHONPATH": str(SUPPORT), "VERL_USE_EXTERNAL_MODULES": "observed_trainer", "EXGRPO_OBSERVE_PATH": str(observe)}
-    result = run_training(overrides, str(log), str(metrics), extra_env=env)
-    assert result.returncode == 0, log.read_text()[-6000:]
-    # Replayed rows must fit TransferQueue's fields exactly (one dtype per field, jagged packing).
-    assert "dtype mismatch" not in log.read_text() and "Falling back to strided layout" not in log.read_text()
-    observations = [json.loads(line) for line in observe.read_text().splitlines()] if observe.exists() else []
-    return read_metrics(str(metrics)), observations
+    return train_observed(model, train, val, out, total_steps, resume, batch=BATCH, rollouts=K,
+                          extra=(f"exgrpo.start_solve_rate={THRESHOLD}", "trainer.save_freq=3",
+                                 "trainer.test_freq=2",  # validations at steps 2, 4, 6 (and 8 after the resume): the best model
+                                 *extra))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +45,7 @@ def test_replay_starts_once_the_solve_rate_passes_the_threshold(first_run):
 
 def test_experience_groups_have_k_members_one_replayed_and_k_minus_1_requests(first_run):
     _, _, observations = first_run
-    compositions = [o for o in observations if o["kind"] == "composition"]
+    compositions = [o for o in observations if o["kind"] == "composition" and o["experience_groups"]]
     assert compositions, "no step replayed experience"
     for record in compositions:
         experience, fresh = record["experience_groups"], record["fresh_groups"]

@@ -260,6 +260,14 @@ def test_trailing_hydra_arguments_override_the_recipe(tmp_path):
     assert config.exgrpo.replay_ratio == 0.25  # even the algorithm's own setting
 
 
+@pytest.mark.parametrize("strategy", ["zero_variance_fill", "repo"])
+def test_replay_strategy_is_a_recipe_variable(strategy, tmp_path):
+    config = compose_overrides(dry_run("cpu/tiny-qwen2.sh", tmp_path, REPLAY_STRATEGY=strategy).overrides)
+    check_like_the_entry_point(config)
+    assert config.exgrpo.strategy == strategy
+    assert compose_overrides(dry_run("cpu/tiny-qwen2.sh", tmp_path).overrides).exgrpo.strategy == "exgrpo"
+
+
 def test_environment_variables_set_model_cluster_lengths_and_logging(tmp_path):
     run = dry_run(
         "qwen2.5-math-7b/exgrpo.sh", tmp_path,

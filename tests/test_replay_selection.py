@@ -32,7 +32,7 @@ def test_a_question_whose_preferred_trajectory_is_too_long_replays_its_next_best
     buffer = _buffer_with([([3, 3, 3, 3, 3, 3, EOS], 0.1), ([4, EOS], 0.7), ([5, 5, EOS], 0.3)])
     assert buffer.select(1).response_ids.tolist() == [3, 3, 3, 3, 3, 3, EOS]  # preferred without a length limit
 
-    usable = replayable_candidates(buffer, 1, PROMPT, max_response_length=4)
+    usable = replayable_candidates(buffer, 1, buffer.candidates(1), PROMPT, max_response_length=4)
     assert [c.response_ids.tolist() for c in usable] == [[4, EOS], [5, 5, EOS]]
     chosen = buffer.select(1, among=[c.id for c in usable])
     assert chosen.response_ids.tolist() == [5, 5, EOS]
@@ -40,7 +40,7 @@ def test_a_question_whose_preferred_trajectory_is_too_long_replays_its_next_best
 
 def test_scores_follow_the_usable_candidates_only():
     buffer = _buffer_with([([3, 3, 3, 3, EOS], 0.0), ([4, EOS], 0.0), ([5, 5, EOS], 0.0)], metric="entropy")
-    usable = replayable_candidates(buffer, 1, PROMPT, max_response_length=3)
+    usable = replayable_candidates(buffer, 1, buffer.candidates(1), PROMPT, max_response_length=3)
     assert len(usable) == 2 < len(buffer.candidates(1))
     chosen = buffer.select(1, scores=[0.9, 0.2], among=[c.id for c in usable])  # one score per usable candidate
     assert chosen.id == usable[1].id
@@ -50,9 +50,9 @@ def test_scores_follow_the_usable_candidates_only():
 
 def test_nothing_is_replayable_on_another_prompt_or_when_all_are_too_long():
     buffer = _buffer_with([([4, 4, EOS], 0.2), ([5, 5, 5, EOS], 0.1)])
-    assert replayable_candidates(buffer, 1, np.array([5, 6, 8]), max_response_length=100) == []
-    assert replayable_candidates(buffer, 1, PROMPT, max_response_length=2) == []
-    assert replayable_candidates(buffer, 99, PROMPT, max_response_length=100) == []  # never seen
+    assert replayable_candidates(buffer, 1, buffer.candidates(1), np.array([5, 6, 8]), max_response_length=100) == []
+    assert replayable_candidates(buffer, 1, buffer.candidates(1), PROMPT, max_response_length=2) == []
+    assert replayable_candidates(buffer, 99, buffer.candidates(99), PROMPT, max_response_length=100) == []  # never seen
 
 
 def test_select_refuses_ids_that_are_not_candidates():

@@ -155,14 +155,17 @@ def test_setting_changes_on_resume_are_accepted_with_a_line_or_refused_by_name(t
     with pytest.raises(CheckpointError, match=r"this run changes settings a resume must keep: actor_rollout_ref.rollout.n "
                                               r"4 -> 8 \(the buffer's buckets and stored groups are counts out of K\)"):
         _load(tmp_path, ExperienceConfig(group_size=8), settings=checkpoint.run_settings(ExGRPOConfig(), 8))
-    # A setting no rule covers (e.g. a replay strategy a later version adds) is refused; one row allows it.
+    # The replay strategy may not change (its own row); a setting no rule covers is refused too, and one row allows it.
     strategy = changed | {"exgrpo.strategy": "zero_variance_fill"}
-    with pytest.raises(CheckpointError, match=r"must keep: exgrpo.strategy '\(not set\)' -> 'zero_variance_fill' \(no "
-                                              r"resume rule allows changing it"):
+    with pytest.raises(CheckpointError, match=r"must keep: exgrpo.strategy 'exgrpo' -> 'zero_variance_fill' \(the strategy decides"):
         _load(tmp_path, settings=strategy)
-    monkeypatch.setattr(checkpoint, "RESUME_RULES", (*checkpoint.RESUME_RULES,
-                                                     checkpoint.ResumeRule("exgrpo.strategy", True, "a test rule")))
-    assert "exgrpo.strategy '(not set)' -> 'zero_variance_fill' (a test rule)" in _load(tmp_path, settings=strategy)[2]
+    unruled = changed | {"exgrpo.a_later_setting": 1}
+    with pytest.raises(CheckpointError, match=r"must keep: exgrpo.a_later_setting '\(not set\)' -> 1 \(no "
+                                              r"resume rule allows changing it"):
+        _load(tmp_path, settings=unruled)
+    monkeypatch.setattr(checkpoint, "RESUME_RULES", (checkpoint.ResumeRule("exgrpo.a_later_setting", True, "a test rule"),
+                                                     *checkpoint.RESUME_RULES))
+    assert "exgrpo.a_later_setting '(not set)' -> 1 (a test rule)" in _load(tmp_path, settings=unruled)[2]
 
 
 def test_a_resume_continues_the_run_of_its_own_folder_and_a_fork_is_a_new_run(tmp_path):

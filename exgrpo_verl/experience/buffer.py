@@ -145,7 +145,7 @@ class ExperienceBuffer:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < self.step:
             raise ValueError(f"update: step={step!r} must be an int >= the previous step {self.step}")
         require_entropies = store and self.config.selection_metric == "stored_entropy"
-        checked = [check_group(group, self.config.group_size, require_entropies) for group in groups]
+        checked = [check_group(group, self.config.group_size, require_entropies, self.config.store_failures) for group in groups]
         if not store:  # nothing of them is stored: the log need not carry the rollouts
             checked = [copy.copy(group) for group in checked]
             for group in checked:
@@ -191,7 +191,7 @@ class ExperienceBuffer:
                 self._counters["duplicates_skipped"] += 1
                 continue
             record = _Stored(id=self._next_id, question_id=qid, step=self.step, length=rollout.token_ids.shape[0],
-                             reward=1.0, entropy_mean=rollout.entropy_mean)
+                             reward=rollout.reward, entropy_mean=rollout.entropy_mean)
             self._arena.append(record.id, rollout.token_ids, rollout.log_probs)
             if not all_finite(self._arena.view(record.id)[1]):
                 self._arena.release(record.id)

@@ -6,12 +6,33 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from exgrpo_verl.validation import check_choice, check_int, check_real
+from exgrpo_verl.validation import check_bool, check_choice, check_int, check_real
 
 QUESTION_SAMPLING = ("gaussian", "uniform")
-SELECTION_METRICS = ("entropy", "entropy_sum", "perplexity", "stored_entropy", "recent", "random")
-# Metrics whose scores the caller computes with a forward pass of the current policy.
-FORWARD_PASS_METRICS = ("entropy", "entropy_sum", "perplexity")
+
+
+@dataclass(frozen=True)
+class SelectionMetric:
+    """One way to pick the stored trajectory of a question to replay (`selection_metric`)."""
+
+    name: str
+    help: str
+    forward_pass: bool  # its scores are computed by the caller under the current policy
+
+
+# The one list of selection metrics: validation, selection, the docs' tables and their tests read it.
+SELECTION_METRICS: dict[str, SelectionMetric] = {metric.name: metric for metric in (
+    SelectionMetric("entropy", "argmin of the token-mean entropy of each candidate under the current policy, "
+                    "temperature 1 (the paper's criterion)", True),
+    SelectionMetric("entropy_sum", "argmin of the summed entropy under the current policy (the release's score in "
+                    "effect; favours short answers)", True),
+    SelectionMetric("perplexity", "argmin of exp(-token-mean log-prob) under the current policy", True),
+    SelectionMetric("stored_entropy", "argmin of the token-mean entropy recorded at collection (then `update` "
+                    "requires `entropies`)", False),
+    SelectionMetric("recent", "the most recently collected", False),
+    SelectionMetric("random", "uniform, from the buffer's generator", False),
+)}
+FORWARD_PASS_METRICS = tuple(name for name, metric in SELECTION_METRICS.items() if metric.forward_pass)
 ZERO_ACCURACY_POLICIES = ("drop_from_pool", "keep_stale")
 
 
@@ -40,6 +61,8 @@ class ExperienceConfig:
         "drop_from_pool" (accuracy 0, out of the pool, trajectories kept) or
         "keep_stale" (stays in its old bucket, as the authors' release does).
     seed: seed of the sampling RNG (its state is saved with the buffer).
+    store_failures: also store complete failed rollouts of partly solved questions, with their
+        rewards (set by the replay strategy that needs them, see exgrpo_verl.strategies).
     """
 
     group_size: int = 8
@@ -53,6 +76,7 @@ class ExperienceConfig:
     max_age_steps: int | None = None
     zero_accuracy_policy: str = "drop_from_pool"
     seed: int = 0
+    store_failures: bool = False
 
     def __post_init__(self):
         check_int(_key("group_size"), self.group_size, minimum=2)
@@ -61,7 +85,7 @@ class ExperienceConfig:
             check_real(_key("bucket_sigma"), self.bucket_sigma, "a finite number > 0 or None",
                        lambda v: math.isfinite(v) and v > 0)
         check_choice(_key("question_sampling"), self.question_sampling, QUESTION_SAMPLING)
-        check_choice(_key("selection_metric"), self.selection_metric, SELECTION_METRICS)
+        check_choice(_key("selection_metric"), self.selection_metric, tuple(SELECTION_METRICS))
         for name in ("max_candidates_per_question", "max_trajectories_per_question"):
             if getattr(self, name) is not None:
                 check_int(_key(name), getattr(self, name), minimum=1)
@@ -71,6 +95,7 @@ class ExperienceConfig:
             check_int(_key("max_age_steps"), self.max_age_steps, minimum=0)
         check_choice(_key("zero_accuracy_policy"), self.zero_accuracy_policy, ZERO_ACCURACY_POLICIES)
         check_int(_key("seed"), self.seed, minimum=0)
+        check_bool(_key("store_failures"), self.store_failures)
 
     @property
     def sigma(self) -> float:

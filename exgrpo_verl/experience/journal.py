@@ -260,7 +260,7 @@ def _encode_operations(operations: list[Operation]) -> tuple[dict, list[np.ndarr
             args["scores"] = ref(None if args["scores"] is None else np.asarray(args["scores"], dtype=np.float64))
         elif operation.name == "update":
             args["groups"] = [{"question_id": g.question_id, "num_correct": g.num_correct, "num_rollouts": g.num_rollouts,
-                               "storable": [[ref(r.token_ids), ref(r.log_probs), r.entropy_mean] for r in g.storable],
+                               "storable": [[ref(r.token_ids), ref(r.log_probs), r.entropy_mean, r.reward] for r in g.storable],
                                "prompt_ids": ref(g.prompt_ids), "payload": g.payload} for g in args["groups"]]
         encoded.append([operation.name, args])
     return {"operations": encoded}, arrays
@@ -282,7 +282,7 @@ def _decode_step(header: dict, blob: bytes) -> StepRecord:
             args["scores"] = array(args["scores"])
         elif name == "update":
             args["groups"] = [CheckedGroup(g["question_id"], g["num_correct"], g["num_rollouts"],
-                                           [StorableRollout(array(t), array(lp), e) for t, lp, e in g["storable"]],
+                                           [StorableRollout(array(r[0]), array(r[1]), *r[2:]) for r in g["storable"]],
                                            array(g["prompt_ids"]), g["payload"]) for g in args["groups"]]
         operations.append(Operation(name, args))
     return StepRecord(int(header["step"]), operations, header["context"], header["buffer_sha256"])

@@ -56,6 +56,7 @@ class StorableRollout(NamedTuple):
     token_ids: np.ndarray  # int32
     log_probs: np.ndarray  # float32
     entropy_mean: float | None  # token-mean entropy, if entropies were given
+    reward: float = 1.0
 
 
 @dataclass
@@ -68,11 +69,12 @@ class CheckedGroup:
     payload: dict | None  # a private copy
 
 
-def check_group(group: GroupResult, group_size: int, require_entropies: bool) -> CheckedGroup:
+def check_group(group: GroupResult, group_size: int, require_entropies: bool, store_failures: bool = False) -> CheckedGroup:
     """Validate one group (raise ValueError naming the field) and pick its storable rollouts.
 
     Every array's type, shape and dtype is checked; values are examined (int32 range, finite
-    entropy mean) only for the rollouts that could be stored: correct, ended with EOS, non-empty.
+    entropy mean) only for the rollouts that could be stored: ended with EOS, non-empty, and
+    correct (reward 1) unless `store_failures`, which keeps the failed ones too, with their rewards.
     """
     name = f"GroupResult(question_id={group.question_id!r})"
     qid = group.question_id
@@ -102,14 +104,15 @@ def check_group(group: GroupResult, group_size: int, require_entropies: bool) ->
 
     correct = rewards == 1
     storable = []
-    for i in np.flatnonzero(correct & eos & (np.array(lengths) > 0)).tolist():
+    kept = (correct | store_failures) & eos & (np.array(lengths) > 0)
+    for i in np.flatnonzero(kept).tolist():
         entropy_mean = None
         if entropies is not None:
             entropy_mean = float(np.add.reduce(entropies[i])) / lengths[i]  # pairwise sum, in the input's dtype
             if not math.isfinite(entropy_mean):  # a NaN or inf entropy (or a float32 sum past 3e38)
                 continue
         token_ids = _int32(response_ids[i], name, f".response_ids[{i}]")
-        storable.append(StorableRollout(token_ids, log_probs[i].astype(np.float32, copy=False), entropy_mean))
+        storable.append(StorableRollout(token_ids, log_probs[i].astype(np.float32, copy=False), entropy_mean, float(rewards[i])))
 
     prompt_ids = None
     if group.prompt_ids is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import FORWARD_PASS_METRICS
+from .config import FORWARD_PASS_METRICS, SELECTION_METRICS
 
 
 def select_index(metric: str, entropy_means: list[float | None], scores, rng: np.random.Generator) -> int:
@@ -37,4 +37,6 @@ def select_index(metric: str, entropy_means: list[float | None], scores, rng: np
         return int(np.argmin(entropy_means))
     if metric == "recent":
         return count - 1
-    return int(rng.integers(count))  # "random"
+    if metric == "random":
+        return int(rng.integers(count))
+    raise ValueError(f"select: unknown selection_metric {metric!r}; known: {', '.join(SELECTION_METRICS)}")

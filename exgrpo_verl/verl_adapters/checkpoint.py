@@ -75,6 +75,8 @@ class ResumeRule:
 # that may change on resume needs a row here.
 RESUME_RULES = (
     ResumeRule("actor_rollout_ref.rollout.n", False, "the buffer's buckets and stored groups are counts out of K"),
+    ResumeRule("exgrpo.strategy", False, "the strategy decides what the buffer holds (successes, failures, a frozen set)"),
+    ResumeRule("exgrpo.strategy_settings.*", False, "they decide which stored rows join which groups"),
     ResumeRule("exgrpo.replay_ratio", True, "the share of experience questions in later steps; 0 pauses replay"),
     ResumeRule("exgrpo.start_solve_rate", True, "it only decides when replay starts"),
     ResumeRule("exgrpo.collect_during_warmup", True, "it decides what later steps store"),

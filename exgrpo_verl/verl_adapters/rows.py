@@ -17,11 +17,15 @@ import numpy as np
 import torch
 
 from exgrpo_verl.experience import ExperienceBuffer, GroupResult, Trajectory
+from exgrpo_verl.strategies import GroupOutcome
 from verl.trainer.ppo.padding_utils import build_padding_position_ids
 
 # Per-token data recorded at generation time (MoE routing, distillation targets) that a
 # stored trajectory does not have: rows carrying them cannot be replayed.
 UNSUPPORTED_FIELDS = ("routed_experts", "teacher_ids", "teacher_logprobs")
+# Set on each prompt row (1: drawn from the buffer) and copied by verl onto its trajectory rows.
+EXPERIENCE_MARKER = "exgrpo_experience"
+GROUP_FIELDS = ["index", "rm_scores", EXPERIENCE_MARKER]
 STEP_FIELDS = ["uid", "index", "prompts", "responses", "response_mask", "rm_scores", "old_log_probs", "entropy", "is_replay"]
 
 
@@ -34,6 +38,11 @@ def trajectory_key(uid: str, session_id: int, index: int = 0) -> str:
 def uid_of_key(key: str) -> str:
     """The group id (`uid`) of a key made by `trajectory_key` or verl's agent loop."""
     return key.rsplit("_", 2)[0]
+
+
+def session_of_key(key: str) -> int:
+    """The session id (rollout within the group) of a key made by `trajectory_key` or verl's agent loop."""
+    return int(key.rsplit("_", 2)[1])
 
 
 def build_replayed_row(sibling: dict, response_ids: torch.Tensor, log_probs: torch.Tensor, reward: float, session_id: int) -> dict:
@@ -74,19 +83,38 @@ def build_replayed_row(sibling: dict, response_ids: torch.Tensor, log_probs: tor
     return row
 
 
-def replayable_candidates(experience: ExperienceBuffer, qid: int, prompt_ids: np.ndarray, max_response_length: int) -> list[Trajectory]:
-    """The candidates of question `qid` that can be replayed on a row with these prompt tokens.
+def replayable_candidates(source: ExperienceBuffer, qid: int, candidates: list[Trajectory], prompt_ids: np.ndarray,
+                          max_response_length: int) -> list[Trajectory]:
+    """The `candidates` of question `qid` in `source` that can be replayed on a row with these prompt tokens.
 
     A stored trajectory's log-probs were taken on the prompt it was collected with, so another
     prompt rules out all of them; a response longer than verl's max_response_length rules out
     that one. The trainer scores and selects among the rest only.
     """
-    question = experience.question(qid)
+    question = source.question(qid)
     if question is None or question.num_trajectories == 0:
         return []
     if question.prompt_ids is not None and not np.array_equal(question.prompt_ids, prompt_ids):
         return []
-    return [c for c in experience.candidates(qid) if len(c.response_ids) <= max_response_length]
+    return [c for c in candidates if len(c.response_ids) <= max_response_length]
+
+
+def groups_of_rows(keys: list[str], rows) -> dict[str, GroupOutcome]:
+    """The step's question groups from its fresh rows (`GROUP_FIELDS`, in `keys` order), before any
+    replayed row joins: sessions and rewards (summed token rewards), and the experience marker
+    (`EXPERIENCE_MARKER`) their prompt row carried."""
+    rewards = [float(score.sum()) for score in rows["rm_scores"].unbind()]
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        members[uid_of_key(key)].append(i)
+    markers, indices = rows[EXPERIENCE_MARKER].tolist(), rows["index"]
+    return {
+        uid: GroupOutcome(uid=uid, question_id=int(indices[positions[0]]),
+                          sessions=tuple(session_of_key(keys[i]) for i in positions),
+                          rewards=np.asarray([rewards[i] for i in positions], dtype=np.float64),
+                          from_buffer=bool(markers[positions[0]]))
+        for uid, positions in members.items()
+    }
 
 
 def replayed_row_tag(sibling_tag: dict, prompt_len: int, response_len: int) -> dict:

@@ -2,12 +2,17 @@
 
 A subclass of verl's synchronous trainer. One step reads forward through the hooks below:
 
-    prepare_step          pick the step's experience questions from the buffer
-    _fetch_one_gen_batch  their prompt rows (K-1 rollouts each, `__rollout_n__`) + fresh rows,
-                          skipping retired questions           -> verl rollout + reward
-    _balance_batch        score each experience question's stored trajectories under the
-                          current policy (one batched forward pass), insert the chosen one
-                          into its group as session K-1        -> verl balance
+    prepare_step          the replay strategy (exgrpo_verl.strategies) says how many questions
+                          come from the buffer; ExGRPO samples them
+    _fetch_one_gen_batch  their prompt rows, marked `exgrpo_experience` = 1 (the marker travels
+                          onto every trajectory row), with the strategy's rollout count each
+                          (`__rollout_n__`: K-1 for ExGRPO) + fresh rows, skipping retired
+                          questions                            -> verl rollout + reward
+    _balance_batch        the strategy's join requests, rewards known: stored trajectories
+                          usable on the group's prompt, scored under the current policy when the
+                          selection metric needs it (one batched forward pass), written into
+                          their groups (joins.py), replaced or dropped rows cleared
+                                                               -> verl balance
     _compute_old_log_prob verl's pass, then each replayed row's old log-probs := the stored
                           ones it carries in rollout_log_probs
                                                                -> advantage ("exgrpo"), update
@@ -29,6 +34,7 @@ import logging
 import os
 import time
 import uuid
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -44,14 +50,19 @@ from exgrpo_verl.data.rows import row_index
 from exgrpo_verl.experience import ExperienceBuffer
 from exgrpo_verl.experience.journal import ExperienceLog, new_run_id
 from exgrpo_verl.hf_generation import eos_token_ids
-from exgrpo_verl.mixing import experience_question_count, replay_starts, solve_rate, stores_successes
+from exgrpo_verl.mixing import solve_rate
+from exgrpo_verl.strategies import GroupOutcome, JoinRequest, frozen_replay_set
 from exgrpo_verl.verl_adapters import checkpoint, reward_manager
 from exgrpo_verl.verl_adapters.grad_norm_guard import SKIPPED_METRIC
+from exgrpo_verl.verl_adapters.joins import Joined, build_joins, separate_advantage_uid
 from exgrpo_verl.verl_adapters.loss import replay_weight_means, worker_loss_fn
 from exgrpo_verl.verl_adapters.rows import (
+    EXPERIENCE_MARKER,
+    GROUP_FIELDS,
     STEP_FIELDS,
     build_replayed_row,
     group_results_from_step,
+    groups_of_rows,
     replayable_candidates,
     replayed_row_tag,
     trajectory_key,
@@ -97,6 +108,13 @@ def question_positions(extra_infos) -> dict[int, int]:
     return positions
 
 
+class Sibling(NamedTuple):
+    """A fresh row of a group (its fields) and its TransferQueue tag."""
+
+    row: dict
+    tag: dict
+
+
 def _padded(nested: torch.Tensor) -> torch.Tensor:
     return torch.nested.to_padded_tensor(nested, 0.0) if nested.is_nested else nested
 
@@ -108,12 +126,13 @@ class ExGRPOTrainer(PPOTrainerSync):
         if self.settings.enabled:
             raise_on_incompatible_verl_settings(config)
         self.group_size = int(config.actor_rollout_ref.rollout.n)
+        self.strategy = self.settings.replay_strategy(self.group_size)
         self.experience = ExperienceBuffer(self.settings.experience_config(self.group_size))
+        self._frozen_set = frozen_replay_set(self.strategy.settings.source) if self.strategy.frozen_source else None
         self.replay_started = False
         self._fresh_carry: list[int] = []  # question ids fetched from the data loader, not yet used
         self._step_questions: set[int] = set()  # every question of the current step
         self._step_experience: list[int] = []  # experience question ids still to submit this step
-        self._experience_uids: dict[str, int] = {}  # this step's experience prompt uid -> question id
         self._experience_log: ExperienceLog | None = None
         self._run_id: str | None = None  # set by _load_checkpoint; in the manifest of every checkpoint it saves
         # verl's base class means "sync" wherever it checks the mode; ours is sync too.
@@ -121,6 +140,12 @@ class ExGRPOTrainer(PPOTrainerSync):
             config.trainer.v1.trainer_mode = "sync"
         super().__init__(config)
         self.replay_buffer.poll_interval = self.settings.sampler_poll_interval_s
+
+    @property
+    def _replay_source(self) -> ExperienceBuffer:
+        """Where replayed trajectories come from: this run's buffer (as restored on resume), or an
+        earlier run's, frozen (RLEP)."""
+        return self._frozen_set if self._frozen_set is not None else self.experience
 
     # ---- set-up ------------------------------------------------------------------------------
     def _init_dataloader(self):
@@ -140,15 +165,20 @@ class ExGRPOTrainer(PPOTrainerSync):
         carrying the gradient-norm threshold to the engine (grad_norm_guard); rho = 0 gets the
         warm-up loss for good (worker_loss_fn)."""
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
-        self.actor_rollout_wg.set_loss_fn(worker_loss_fn(actor_config, self.settings, replay_started=self.replay_started))
+        started = self.strategy.removes_on_policy_clip(self.replay_started)
+        self.actor_rollout_wg.set_loss_fn(worker_loss_fn(actor_config, self.settings, replay_started=started))
 
     # ---- 1. which prompts this step ----------------------------------------------------------
+    def _add_async_warmup_batches(self, num_warmup_batches) -> None:
+        # Only verl's async trainers call this: their prepare_step submits the next batch before the
+        # previous one trains, which the replay hooks (and the buffer's step order) cannot serve.
+        raise RuntimeError("ExGRPO's replay hooks run in the synchronous trainer only (trainer.v1.trainer_mode=exgrpo); "
+                           "an async trainer would submit the next batch before the previous one trains")
+
     def prepare_step(self) -> dict:
-        self._experience_uids = {}
-        self._step_experience = []
-        if self.replay_started:
-            count = experience_question_count(self.experience.pool_size, self.settings.replay_ratio, self.config.data.train_batch_size)
-            self._step_experience = self.experience.sample_questions(count)
+        count = self.strategy.experience_question_count(self.experience.pool_size, self.config.data.train_batch_size,
+                                                        self.settings.replay_ratio, self.replay_started)
+        self._step_experience = self.experience.sample_questions(count) if count else []
         missing = [qid for qid in self._step_experience if qid not in self._position_of]
         if missing:
             raise ValueError(
@@ -173,9 +203,9 @@ class ExGRPOTrainer(PPOTrainerSync):
 
         batch = collate_fn([self.train_dataset[self._position_of[qid]] for qid in questions])
         batch["uid"] = np.array([str(uuid.uuid4()) for _ in questions], dtype=object)
-        self._experience_uids.update(zip(batch["uid"][: len(experience)], experience))
-        rollouts = [self.group_size - 1] * len(experience) + [self.group_size] * (len(questions) - len(experience))
-        batch["__rollout_n__"] = torch.tensor(rollouts, dtype=torch.int64)
+        from_buffer = [True] * len(experience) + [False] * (len(questions) - len(experience))
+        batch["__rollout_n__"] = torch.tensor([self.strategy.fresh_rollouts(f) for f in from_buffer], dtype=torch.int64)
+        batch[EXPERIENCE_MARKER] = torch.tensor(from_buffer, dtype=torch.int64)  # travels onto every trajectory row
         batch["is_replay"] = torch.zeros(len(questions), dtype=torch.int64)
         return tu.get_tensordict(batch)
 
@@ -205,87 +235,105 @@ class ExGRPOTrainer(PPOTrainerSync):
     def _balance_batch(self, batch: KVBatchMeta, metrics, *args, **kwargs):
         if batch.partition_id == "train":  # before the update: too many failed reward calls stop the run
             metrics.update(reward_manager.step_reward_metrics(batch, self.settings.reward.max_failed_fraction))
-        if batch.partition_id == "train" and self._experience_uids:
-            batch = self._insert_replayed_rows(batch, metrics)
+        if batch.partition_id == "train" and self.settings.enabled:
+            batch = self._join_replayed_rows(batch, metrics)
         return super()._balance_batch(batch, metrics, *args, **kwargs)
 
-    def _insert_replayed_rows(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        """Give each experience group its replayed member as session K-1, or drop the group.
+    def _join_replayed_rows(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """Let the strategy say which stored trajectories join which group, then put them in.
 
         Filter, then score, then select: candidates that cannot be replayed on the group's prompt
-        are set aside first, only the usable ones are scored, and a group is dropped only when
-        none of its candidates is usable."""
-        first_row_of_uid: dict[str, int] = {}
+        are set aside first, and only the usable ones are scored."""
+        groups = self._step_groups(batch)
+        requests = self.strategy.requests(list(groups.values()), self._replay_source.candidates, self.global_steps)
+        siblings = self._sibling_rows(batch, requests)
+        chosen = self._choose(requests, siblings, metrics)
+        joined = build_joins(requests, chosen, groups)
+        self._put_joined_rows(batch, joined, siblings)
+        if joined.trajectories and not self.strategy.frozen_source:
+            self.experience.mark_replayed([t.id for t in joined.trajectories], self.global_steps)
+        if joined.dropped:
+            logger.warning("ExGRPO: %d experience groups had no usable stored trajectory and were dropped", len(joined.dropped))
+        metrics.update(joined.metrics(groups, len(batch.keys), self.global_steps,
+                                      self.strategy.generations_saved(list(groups.values()))))
+        keep = joined.kept_positions(batch.keys)
+        return KVBatchMeta(partition_id=batch.partition_id, keys=[batch.keys[i] for i in keep] + joined.keys,
+                           tags=[batch.tags[i] for i in keep] + joined.tags, extra_info=batch.extra_info)
+
+    def _step_groups(self, batch: KVBatchMeta) -> dict[str, GroupOutcome]:
+        """The step's groups as the strategy sees them: fresh rows, rewards, and the experience
+        marker each row carries from its prompt row (so any order of verl's hooks is fine)."""
+        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=GROUP_FIELDS)
+        return groups_of_rows(batch.keys, rows)
+
+    def _sibling_rows(self, batch: KVBatchMeta, requests: list[JoinRequest]) -> dict[str, Sibling]:
+        """One fresh row of each requested group, with its tag: the prompt a replayed row is built on."""
+        first: dict[str, int] = {}
         for position, key in enumerate(batch.keys):
-            first_row_of_uid.setdefault(uid_of_key(key), position)
-        groups = [(uid, qid) for uid, qid in self._experience_uids.items() if uid in first_row_of_uid]
-        if not groups:
-            return batch
-        first_positions = [first_row_of_uid[uid] for uid, _ in groups]
-        sibling_rows = tq.kv_batch_get(keys=[batch.keys[p] for p in first_positions], partition_id=batch.partition_id)
-        siblings = [{key: sibling_rows[i][key] for key in sibling_rows[i].keys()} for i in range(len(groups))]
+            first.setdefault(uid_of_key(key), position)
+        if not requests:
+            return {}
+        positions = [first[r.uid] for r in requests]
+        rows = tq.kv_batch_get(keys=[batch.keys[p] for p in positions], partition_id=batch.partition_id)
+        return {r.uid: Sibling({key: rows[i][key] for key in rows[i].keys()}, batch.tags[p])
+                for i, (r, p) in enumerate(zip(requests, positions))}
+
+    def _choose(self, requests: list[JoinRequest], siblings: dict[str, Sibling], metrics: dict) -> dict[str, list]:
+        """The trajectories joining each group, among those replayable on its prompt: the last
+        `count` of them, or one chosen by the buffer's selection metric (scored in one forward
+        pass when the metric needs it)."""
         max_length = self.config.data.max_response_length
-        usable = {qid: replayable_candidates(self.experience, qid, sibling["prompts"].numpy(), max_length)
-                  for (_, qid), sibling in zip(groups, siblings)}
-
+        usable = {r.uid: replayable_candidates(self._replay_source, r.question_id, r.candidates,
+                                               siblings[r.uid].row["prompts"].numpy(), max_length) for r in requests}
+        by_metric = [r for r in requests if r.count is None and usable[r.uid]]
         scores = {}
-        if self.experience.config.needs_forward_pass:
+        if by_metric and self.experience.config.needs_forward_pass:
             with marked_timer("exgrpo_select", self.timing_raw, color="cyan"):
-                scores = self._selection_scores(groups, siblings, usable, metrics)
-        new_keys, new_tags, new_rows, chosen, dropped_uids = [], [], [], [], set()
-        for (uid, qid), sibling, position in zip(groups, siblings, first_positions):
-            if not usable[qid]:
-                # Never leave a group at K-1: without its replayed member it has no place in the step.
-                dropped_uids.add(uid)
-                continue
-            trajectory = self.experience.select(qid, scores.get(qid), among=[c.id for c in usable[qid]])
+                scores = self._selection_scores([(r.uid, siblings[r.uid].row, usable[r.uid]) for r in by_metric], metrics)
+        chosen = {}
+        for request in requests:
+            candidates = usable[request.uid]
+            if request.count is not None or not candidates:
+                chosen[request.uid] = candidates[-request.count:] if request.count else candidates
+            else:
+                chosen[request.uid] = [self._replay_source.select(request.question_id, scores.get(request.uid),
+                                                                   among=[c.id for c in candidates])]
+        return chosen
+
+    def _put_joined_rows(self, batch: KVBatchMeta, joined: Joined, siblings: dict[str, Sibling]) -> None:
+        """Clear the rows that leave the step, then write the joined rows: first, since a row that
+        replaces a fresh one takes its key (its session)."""
+        leaving = joined.leaving_keys(batch.keys)
+        if leaving:
+            tq.kv_clear(keys=leaving, partition_id=batch.partition_id)
+        for placement in joined.placed:
+            sibling = siblings[placement.uid]
+            trajectory = placement.trajectory
             response = torch.from_numpy(trajectory.response_ids.astype(np.int64))
-            log_probs = torch.from_numpy(trajectory.log_probs)
-            new_rows.append(build_replayed_row(sibling, response, log_probs, trajectory.reward, self.group_size - 1))
-            new_tags.append(replayed_row_tag(batch.tags[position], len(sibling["prompts"]), len(response)))
-            new_keys.append(trajectory_key(uid, self.group_size - 1))
-            chosen.append(trajectory)
+            row = build_replayed_row(sibling.row, response, torch.from_numpy(trajectory.log_probs), trajectory.reward, placement.session)
+            if placement.separate_advantage:
+                row["uid"] = separate_advantage_uid(placement.uid)
+            joined.add_row(row, replayed_row_tag(sibling.tag, len(sibling.row["prompts"]), len(response)), placement)
+        if joined.keys:
+            tq.kv_batch_put(keys=joined.keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(joined.rows), tags=joined.tags)
 
-        if new_keys:
-            tq.kv_batch_put(keys=new_keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(new_rows), tags=new_tags)
-            self.experience.mark_replayed([t.id for t in chosen], self.global_steps)
-        dropped = [i for i, key in enumerate(batch.keys) if uid_of_key(key) in dropped_uids]
-        if dropped:
-            tq.kv_clear(keys=[batch.keys[i] for i in dropped], partition_id=batch.partition_id)
-            logger.warning("ExGRPO: %d experience groups had no usable stored trajectory and were dropped", len(dropped_uids))
-        keep = sorted(set(range(len(batch.keys))) - set(dropped))
-
-        metrics.update(
-            {
-                "exgrpo/replayed_questions": len(new_keys),
-                "exgrpo/replay_fraction": len(new_keys) / max(len(keep) + len(new_keys), 1),
-                "exgrpo/replay_dropped_groups": len(dropped_uids),
-                "exgrpo/replayed_mean_age": float(np.mean([self.global_steps - t.step for t in chosen])) if chosen else 0.0,
-            }
-        )
-        return KVBatchMeta(
-            partition_id=batch.partition_id,
-            keys=[batch.keys[i] for i in keep] + new_keys,
-            tags=[batch.tags[i] for i in keep] + new_tags,
-            extra_info=batch.extra_info,
-        )
-
-    def _selection_scores(self, groups, siblings, usable: dict, metrics: dict) -> dict[int, np.ndarray]:
-        """Score the usable candidates of every experience question in one batched forward pass of
-        the current policy (temperature 1): token-mean entropy (or perplexity) over its response.
-        A question with one usable candidate has nothing to choose: it is not scored (score 0)."""
+    def _selection_scores(self, groups: list[tuple[str, dict, list]], metrics: dict) -> dict[str, np.ndarray]:
+        """Score the usable candidates of every (uid, sibling row, candidates) group in one batched
+        forward pass of the current policy (temperature 1): token-mean entropy (or perplexity)
+        over its response. Returns the scores by group uid, in candidate order. A group with one
+        usable candidate has nothing to choose: it is not scored (score 0)."""
         rows, owners = [], []
-        scores: dict[int, list[float]] = {qid: [0.0] for _, qid in groups if len(usable[qid]) == 1}
-        for (_, qid), sibling in zip(groups, siblings):
-            if qid in scores:
+        scores: dict[str, list[float]] = {uid: [0.0] for uid, _, candidates in groups if len(candidates) == 1}
+        for uid, sibling, candidates in groups:
+            if uid in scores:
                 continue
-            for candidate in usable[qid]:
+            for candidate in candidates:
                 response = torch.from_numpy(candidate.response_ids.astype(np.int64))
                 rows.append(build_replayed_row(sibling, response, torch.from_numpy(candidate.log_probs), candidate.reward, 0))
-                owners.append(qid)
+                owners.append(uid)
         if not rows:
             metrics["exgrpo/selection_tokens"] = 0
-            return {qid: np.asarray(values) for qid, values in scores.items()}
+            return {uid: np.asarray(values) for uid, values in scores.items()}
         prefix = f"exgrposelect{uuid.uuid4().hex}"
         keys = [trajectory_key(prefix, i) for i in range(len(rows))]
         tags = [replayed_row_tag({"status": "success"}, len(row["prompts"]), len(row["responses"])) for row in rows]
@@ -306,9 +354,9 @@ class ExGRPOTrainer(PPOTrainerSync):
 
         selection_tokens = sum(tag["seq_len"] for tag in tags)
         metrics["exgrpo/selection_tokens"] = selection_tokens
-        for qid, score in zip(owners, row_scores.tolist()):
-            scores.setdefault(qid, []).append(score)
-        return {qid: np.asarray(values) for qid, values in scores.items()}
+        for uid, score in zip(owners, row_scores.tolist()):
+            scores.setdefault(uid, []).append(score)
+        return {uid: np.asarray(values) for uid, values in scores.items()}
 
     def _log_prob_batch_multiple(self) -> int:
         """Rows a compute_log_prob batch must be a multiple of: the actor's data-parallel size
@@ -368,9 +416,10 @@ class ExGRPOTrainer(PPOTrainerSync):
         step_solve_rate = solve_rate(fresh_rewards)
 
         was_started = self.replay_started
-        self.replay_started = replay_starts(was_started, step_solve_rate, self.settings.start_solve_rate, self.settings.replay_ratio)
-        store = stores_successes(was_started, self.replay_started, self.settings.collect_during_warmup,
-                                 self.settings.store_from_switch_step)
+        self.replay_started = self.strategy.replay_starts(was_started, step_solve_rate, self.settings.start_solve_rate,
+                                                          self.settings.replay_ratio)
+        store = self.strategy.stores(was_started, self.replay_started, self.settings.collect_during_warmup,
+                                     self.settings.store_from_switch_step)
         # After a resume that replayed the experience log, the buffer is ahead of the re-run steps.
         self.experience.update(max(self.global_steps, self.experience.step), groups, store=store)
         if self.replay_started and not was_started:

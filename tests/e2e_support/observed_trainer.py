@@ -41,13 +41,15 @@ class ObservedExGRPOTrainer(ExGRPOTrainer):
         self._retired_before = sorted(self.experience.retired_ids)
         return super().prepare_step()
 
-    def _insert_replayed_rows(self, batch, metrics):
-        experience = dict(self._experience_uids)
+    def _join_replayed_rows(self, batch, metrics):
+        groups = self._step_groups(batch)
+        experience = {uid: group.question_id for uid, group in groups.items() if group.from_buffer}
         rows_before = Counter(uid_of_key(key) for key in batch.keys)
-        batch = super()._insert_replayed_rows(batch, metrics)
+        batch = super()._join_replayed_rows(batch, metrics)
         rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
-                               select_fields=["is_replay", "index", "responses", "rollout_log_probs"])
+                               select_fields=["is_replay", "index", "responses", "rollout_log_probs", "rm_scores", "uid"])
         flags = rows["is_replay"].tolist()
+        rewards = [float(score.sum()) for score in rows["rm_scores"].unbind()]
         # What each replayed row carries, checked against the buffer's stored trajectories now and
         # against the old log-probs the trainer writes later.
         self._inserted_log_probs, carried_stored = {}, []
@@ -57,12 +59,14 @@ class ObservedExGRPOTrainer(ExGRPOTrainer):
                 self._inserted_log_probs[key] = log_probs.float()
                 carried_stored.append(any(
                     c.response_ids.tolist() == response.tolist() and c.log_probs.tolist() == log_probs.float().tolist()
-                    for c in self.experience.candidates(int(qid))))
-        members, replayed = Counter(), Counter()
-        for key, flag in zip(batch.keys, flags):
+                    for c in self._replay_source.candidates(int(qid))))
+        members, replayed, trained = Counter(), Counter(), {}
+        for key, flag, reward, advantage_uid in zip(batch.keys, flags, rewards, rows["uid"]):
             uid = uid_of_key(key)
             members[uid] += 1
             replayed[uid] += int(flag)
+            # Each trained row: replayed?, reward, and whether it shares its group's advantage baseline.
+            trained.setdefault(uid, []).append([int(flag), reward, advantage_uid == uid])
         _record(
             "composition",
             step=self.global_steps,
@@ -73,6 +77,8 @@ class ObservedExGRPOTrainer(ExGRPOTrainer):
             retired_before=self._retired_before,
             group_size=self.group_size,
             replayed_rows_carry_stored_trajectories=all(carried_stored),
+            before={uid: group.rewards.tolist() for uid, group in groups.items()},
+            trained=trained,
         )
         return batch
 
