@@ -58,7 +58,7 @@ def test_vllm_path_passes_token_ids_and_per_prompt_n(tiny_qwen2, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM, SamplingParams=SimpleNamespace))
     assert resolve_backend("auto") == "vllm"
     responses = generate(str(tiny_qwen2), [[5, 6, 7], [8]], n=[2, 1], temperature=0.6, top_p=1.0, max_tokens=99, seed=4)
-    assert calls["init"] == {"model": str(tiny_qwen2), "seed": 4, "tensor_parallel_size": 1}
+    assert calls["init"] == {"model": str(tiny_qwen2), "seed": 4, "tensor_parallel_size": 1, "dtype": "auto"}
     assert calls["prompts"] == [{"prompt_token_ids": [5, 6, 7]}, {"prompt_token_ids": [8]}]
     sampling = [(p.n, p.temperature, p.top_p, p.max_tokens) for p in calls["params"]]
     assert sampling == [(2, 0.6, 1.0, 99), (1, 0.6, 1.0, 99)]
