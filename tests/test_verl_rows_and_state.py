@@ -74,7 +74,7 @@ def _step_rows(responses, rewards, uids, indices, replay):
 def test_step_rows_become_one_group_per_question_without_replayed_or_padding_rows():
     responses = [[1, EOS], [3, 4, 5], [6, EOS], [7, EOS], [8, 9, EOS], [1, 1]]
     rows = _step_rows(responses, [1, 0, 1, 1, 0, 0], ["a", "a", "a", "b", "b", "pad"], [11, 11, 11, 12, 12, 0], [0, 0, 1, 0, 0, 0])
-    groups, fresh_rewards = group_results_from_step(rows, is_padding=[False] * 5 + [True], eos_token_ids={EOS})
+    groups, fresh_rewards = group_results_from_step(rows, is_padding=[False] * 5 + [True], eos_token_ids={EOS}, group_size=3)
     by_question = {g.question_id: g for g in groups}
     assert sorted(by_question) == [11, 12]
     a = by_question[11]  # the replayed row (third) is not a rollout to store, but counts as a correct member
@@ -83,6 +83,9 @@ def test_step_rows_become_one_group_per_question_without_replayed_or_padding_row
     assert [r.tolist() for r in a.response_ids] == [[1, EOS], [3, 4, 5]]
     assert a.prompt_ids.tolist() == [5, 6] and a.log_probs[0].tolist() == [-0.5, -0.5]
     assert fresh_rewards.tolist() == [1, 0, 1, 0]
+    # Rows added beside K fresh rollouts (RePO, RLEP) are not graded: with K = 2 the group is full.
+    added, _ = group_results_from_step(rows, is_padding=[False] * 5 + [True], eos_token_ids={EOS}, group_size=2)
+    assert {g.question_id: g.replayed_correct for g in added} == {11: 0, 12: 0}
 
 
 def test_question_ids_must_be_unique_integers():

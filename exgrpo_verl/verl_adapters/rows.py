@@ -124,13 +124,15 @@ def replayed_row_tag(sibling_tag: dict, prompt_len: int, response_len: int) -> d
     return tag
 
 
-def group_results_from_step(rows, is_padding: list[bool], eos_token_ids: set[int]) -> tuple[list[GroupResult], np.ndarray]:
+def group_results_from_step(rows, is_padding: list[bool], eos_token_ids: set[int], group_size: int) -> tuple[list[GroupResult], np.ndarray]:
     """Turn the step's trained rows into one GroupResult per question, and the fresh rewards.
 
     rows: the TensorDict of `STEP_FIELDS` for the step's keys (nested per-token fields);
     is_padding: verl's padding rows, skipped; a replayed row is not a rollout of its group (it
     is stored already) but counts for its accuracy, as `replayed_correct` when its reward is 1,
-    so an experience question is graded on all K members. The behaviour log-probs stored for
+    where it stands in for one of the K rollouts (ExGRPO's K-1 + 1, a fill's replaced row), so
+    the question is graded on K members: replayed_correct <= K - fresh rollouts. Rows a strategy
+    adds beside K fresh rollouts (RePO, RLEP) do not count. The behaviour log-probs stored for
     a trajectory are `old_log_probs`: the actor's own log-probs this step, before the update.
 
     Returns the groups and the rewards of every fresh rollout (for the step's solve rate).
@@ -177,7 +179,7 @@ def group_results_from_step(rows, is_padding: list[bool], eos_token_ids: set[int
                 ended_with_eos=np.asarray(ended, dtype=bool),
                 entropies=token_entropies,
                 prompt_ids=prompts[rows_of_group[0]].numpy().astype(np.int64),
-                replayed_correct=replayed_correct[uid],
+                replayed_correct=min(replayed_correct[uid], group_size - len(rows_of_group)),
             )
         )
     return groups, np.asarray(fresh_rewards, dtype=np.float64)

@@ -412,7 +412,7 @@ class ExGRPOTrainer(PPOTrainerSync):
     def _collect(self, batch: KVBatchMeta, metrics: dict) -> None:
         rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=STEP_FIELDS)
         is_padding = [bool(tag.get("is_padding", False)) for tag in batch.tags]
-        groups, fresh_rewards = group_results_from_step(rows, is_padding, self._eos_ids)
+        groups, fresh_rewards = group_results_from_step(rows, is_padding, self._eos_ids, self.group_size)
         step_solve_rate = solve_rate(fresh_rewards)
 
         was_started = self.replay_started
