@@ -89,12 +89,12 @@ def run_method(method: str, settings: StudySettings, model: Path, data: dict, ou
             profiler[0].start()
 
     started = time.perf_counter()
-    result = run_training(overrides, str(run_dir / "train.log"), str(run_dir / "metrics.jsonl"), timeout_s=1800, on_step=on_step)
+    result = run_training(overrides, str(run_dir / "train.log"), str(run_dir / "metrics-0.jsonl"), timeout_s=1800, on_step=on_step)
     if result.returncode != 0:
         raise RuntimeError(f"{method} failed (exit {result.returncode}); see {run_dir / 'train.log'}")
     for thread in profiler:
         thread.join()
-    rows = [row for row in miniature.run_metrics(run_dir)]
+    rows = miniature.run_metrics(run_dir)  # reads <run_dir>/metrics-*.jsonl
     return {"rows": rows, "start_to_first_step_s": first_step_at[0] - started}
 
 
