@@ -12,6 +12,7 @@ The trainer passes logp_old for fresh rows and logp_stored for replayed rows in 
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 # Bound on |logp_theta - logp_ref| before exponentiating. exp(20) ~ 4.9e8 stays far below the
@@ -67,6 +68,21 @@ def group_advantage(
         group_std = (group_sum(advantages**2) / (group_size - 1)).sqrt()
         advantages = advantages / (group_std[group_of_row] + eps)
     return advantages
+
+
+def fresh_rows_mean_advantage(fresh_rewards: np.ndarray, joined_rewards: np.ndarray) -> float:
+    """The mean advantage a group's fresh rows carry once stored trajectories share their baseline
+    (before any std division):
+
+        mean_i (r_i - r̄) over the fresh rows i,   r̄ the mean over fresh and joined rows
+        = mean(r_fresh) - r̄
+
+    Zero for a group of fresh rows only (advantages sum to zero); negative when a stored success
+    joins fresh rows that succeed less often than it: the fresh rows are then pushed down on net,
+    while the replayed row's push up is damped by its importance weight f(w)."""
+    fresh = np.asarray(fresh_rewards, dtype=np.float64)
+    everything = np.concatenate([fresh, np.asarray(joined_rewards, dtype=np.float64)])
+    return float(fresh.mean() - everything.mean()) if fresh.size else 0.0
 
 
 def importance_weight(log_prob: torch.Tensor, reference_log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,9 @@ from exgrpo_verl.tasks import arithmetic
 from exgrpo_verl.tasks.arithmetic import ArithmeticTask
 from exgrpo_verl.tasks.warm_start import STRENGTHS, WarmStartSpec, warm_start
 
-# Methods as exgrpo overrides over the release's settings (rho 0.5, start 0.35, beta 0.1).
+# Methods as exgrpo overrides over the run's configuration (CONFIGS). GRPO is ExGRPO minus replay:
+# the same loss, aggregation and update rules, replay_ratio 0. The last three are the replay
+# strategies of exgrpo_verl/strategies.py (docs/strategies.md), each at its documented defaults.
 METHODS: dict[str, list[str]] = {
     "grpo": ["exgrpo.replay_ratio=0"],
     "exgrpo": [],
@@ -35,6 +37,38 @@ METHODS: dict[str, list[str]] = {
     "no_delayed_start": ["exgrpo.start_solve_rate=0.0"],
     "rho_0.25": ["exgrpo.replay_ratio=0.25"],
     "rho_0.75": ["exgrpo.replay_ratio=0.75"],
+    "zero_variance_fill": ["exgrpo.strategy=zero_variance_fill"],
+    "repo": ["exgrpo.strategy=repo"],
+    "rlep": ["exgrpo.strategy=rlep"],  # + the frozen set: the same cell's ExGRPO run, at its last checkpoint
+}
+STRATEGY_METHODS = ("exgrpo", "zero_variance_fill", "repo", "rlep")
+
+# Configurations: the release's settings (what the GPU recipes run by default) or the project's defaults.
+CONFIGS: dict[str, list[str]] = {"release": ["+preset=release"], "defaults": []}
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A training condition: which warm start, which RL pool, which extra overrides.
+
+    train_levels: the levels the RL pool draws from (None: all); train_per_level: pool questions
+    per drawn level (None: the study's setting). The held-out set is the same in every regime."""
+
+    start: str
+    description: str
+    train_levels: tuple[int, ...] | None = None
+    train_per_level: int | None = None
+    overrides: tuple[str, ...] = ()
+
+
+REGIMES: dict[str, Regime] = {
+    "medium": Regime("medium", "the medium start; 640 questions of the 4 levels, each drawn about twice"),
+    "weak": Regime("weak", "the weak start with replay allowed from step 1 (start_solve_rate 0): fresh groups rarely "
+                   "succeed, so stored rare successes are most of the signal", overrides=("exgrpo.start_solve_rate=0.0",)),
+    "hard": Regime("medium", "the medium start trained on level-4 questions only (5 operations; the start solves "
+                   "about 1 in 6): most fresh groups fail entirely", train_levels=(4,), train_per_level=640),
+    "scarce": Regime("medium", "the medium start on a pool of 160 questions (40 a level), each drawn about 8 times",
+                     train_per_level=40),
 }
 QUICK_WARM_START_STEPS = 20
 REWARD_PATH = str(Path(__file__).with_name("reward.py"))
@@ -64,21 +98,48 @@ class StudySettings:
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One run: a method in a regime under a configuration, one seed (data order and sampling)."""
+
     method: str
     seed: int = 0
-    strength: str = "medium"
+    regime: str = "medium"
+    config: str = "release"
+
+    def __post_init__(self):
+        for field_name, value, known in (("method", self.method, METHODS), ("regime", self.regime, REGIMES), ("config", self.config, CONFIGS)):
+            if value not in known:
+                raise ValueError(f"RunSpec.{field_name}={value!r}: unknown; known: {', '.join(known)}")
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.strength}-s{self.seed}"
+        return f"{self.method}-{self.regime}-{self.config}-s{self.seed}"
+
+    @property
+    def cell(self) -> str:
+        """The study's table cell: regime and configuration."""
+        return f"{self.regime}/{self.config}"
+
+    @property
+    def start(self) -> str:
+        return REGIMES[self.regime].start
+
+    @classmethod
+    def from_name(cls, name: str) -> "RunSpec":
+        method, regime, config, seed = name.rsplit("-", 3)
+        return cls(method, int(seed[1:]), regime, config)
 
 
-def prepare(settings: StudySettings, out: Path, strengths: set[str], quick: bool = False) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Task data (RL pool and held-out set) and the warm-started models, built or reused
-    (`quick`: a few supervised steps only, for smoke runs)."""
-    data = arithmetic.write_splits(settings.task, out / "data", settings.train_per_level, settings.test_per_level)
-    steps = {name: QUICK_WARM_START_STEPS if quick else STRENGTHS[name] for name in strengths}
-    models = {name: warm_start(WarmStartSpec(steps=steps[name], task=settings.task)) for name in sorted(strengths)}
+def prepare(settings: StudySettings, out: Path, regimes: set[str], quick: bool = False) -> tuple[dict[str, dict[str, Path]], dict[str, Path]]:
+    """Each regime's task data ({regime: {"train", "test"}}; one held-out set for all) and the
+    warm-started models ({start: path}), built or reused (`quick`: a few supervised steps only)."""
+    data = {}
+    for name in sorted(regimes):
+        regime = REGIMES[name]
+        data[name] = arithmetic.write_splits(settings.task, out / "data" / name, regime.train_per_level or settings.train_per_level,
+                                             settings.test_per_level, train_levels=regime.train_levels)
+    starts = {"medium"} | {REGIMES[name].start for name in regimes}
+    steps = {name: QUICK_WARM_START_STEPS if quick else STRENGTHS[name] for name in starts}
+    models = {name: warm_start(WarmStartSpec(steps=steps[name], task=settings.task)) for name in sorted(starts)}
     return data, models
 
 
@@ -94,7 +155,7 @@ def run_overrides(settings: StudySettings, run: RunSpec, model: Path, data: dict
         rollouts_per_question=settings.rollouts, max_prompt_length=settings.max_prompt_length,
         max_response_length=settings.max_response_length, total_steps=settings.steps,
         output_dir=str(run_dir), reward_path=REWARD_PATH,
-    ) + METHODS[run.method] + [
+    ) + CONFIGS[run.config] + METHODS[run.method] + list(REGIMES[run.regime].overrides) + _frozen_set(settings, run, run_dir) + [
         f"actor_rollout_ref.actor.optim.lr={settings.lr}",
         "actor_rollout_ref.actor.loss_agg_mode=token-mean",
         # fp32 throughout: verl's default bf16 mixed precision is several times slower on a CPU.
@@ -107,6 +168,18 @@ def run_overrides(settings: StudySettings, run: RunSpec, model: Path, data: dict
         "trainer.resume_mode=auto",
         f"trainer.experiment_name={run.name}",
     ]
+
+
+def _frozen_set(settings: StudySettings, run: RunSpec, run_dir: Path) -> list[str]:
+    """RLEP replays a frozen set from an earlier run: the ExGRPO run of the same cell and seed,
+    at its last checkpoint (that run must have finished first)."""
+    if run.method != "rlep":
+        return []
+    source = run_dir.parent / RunSpec("exgrpo", run.seed, run.regime, run.config).name / "checkpoints" / f"global_step_{settings.steps}"
+    if not source.is_dir():
+        raise FileNotFoundError(f"{run.name}: RLEP replays the experience of {source}, which does not exist; run the "
+                                "same cell's exgrpo first (scripts/miniature.py orders it before rlep)")
+    return [f"+exgrpo.strategy_settings.source={source}"]
 
 
 # ---- running ---------------------------------------------------------------------------------
@@ -205,6 +278,25 @@ def generated_rollouts_per_step(rows: list[dict], batch: int, rollouts: int) -> 
                      for row in rows])
 
 
+def compute_per_step(rows: list[dict], batch: int, rollouts: int) -> np.ndarray:
+    """Each step's compute in token-forward units (one forward pass of one token = 1, so a
+    backward pass = 2), from the trainer's own counts:
+
+        C = R_gen (P + L) + 4 T + S
+
+    R_gen the generated rollouts, P and L the step's mean prompt and response lengths (the
+    generation's prefill and decoding: one forward per token; L averages over every row, replayed
+    ones included), T the tokens of the training batch (old log-probs: 1 forward; the update:
+    forward + backward = 3), S the selection pass's scored tokens. A proxy for FLOPs; generation
+    costs more per token than this on real hardware, and "equal generated rollouts" is that limit."""
+    generated = generated_rollouts_per_step(rows, batch, rollouts)
+    return np.array([
+        g * (row.get("prompt_length/mean", 0.0) + row.get("response_length/mean", 0.0))
+        + 4 * row.get("perf/total_num_tokens", 0.0) + row.get("exgrpo/selection_tokens", 0.0)
+        for g, row in zip(generated, rows)
+    ])
+
+
 def interpolate(x: np.ndarray, y: np.ndarray, at: float) -> float:
     """y at x = `at` on the piecewise-linear curve through (x, y); NaN outside its range."""
     if at < x[0] or at > x[-1]:
@@ -232,6 +324,7 @@ class RunSummary:
     run: RunSpec
     steps: list[int]  # evaluation points, 0 first
     rollouts: list[float]  # generated rollouts at those steps
+    compute: list[float]  # compute spent by those steps (compute_per_step, token-forward units)
     accuracy: list[float]
     standard_error: list[float]
     by_level: list[dict]
@@ -253,11 +346,12 @@ def summarise_run(settings: StudySettings, run: RunSpec, out: Path, start_result
     if len(evals) < len(settings.checkpoint_steps) or len(rows) < settings.steps:
         return None
     cumulative = np.concatenate([[0.0], np.cumsum(generated_rollouts_per_step(rows, settings.batch, settings.rollouts))])
+    compute = np.concatenate([[0.0], np.cumsum(compute_per_step(rows, settings.batch, settings.rollouts))])
     steps = [0, *settings.checkpoint_steps]
     results = [start_result, *(evals[s] for s in settings.checkpoint_steps)]
     timed = [row["timing_s/step"] for row in rows[1:]]  # step 1 includes warm-up compilation and caches
     return RunSummary(
-        run=run, steps=steps, rollouts=[float(cumulative[s]) for s in steps],
+        run=run, steps=steps, rollouts=[float(cumulative[s]) for s in steps], compute=[float(compute[s]) for s in steps],
         accuracy=[r["accuracy"] for r in results], standard_error=[r["standard_error"] for r in results],
         by_level=[r["by_level"] for r in results], train_rows=rows, cumulative_rollouts=cumulative[1:],
         eval_length=results[-1]["mean_response_tokens"], seconds_per_step=float(np.mean(timed)),
@@ -302,23 +396,30 @@ def _after_start_mean(rows: list[dict], key: str) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def accuracy_at(summary: RunSummary, budget: str, at: float) -> float:
+    """Held-out accuracy of a run when it had spent `at` of `budget` ("rollouts" or "compute"),
+    read off the piecewise-linear curve through its evaluation points."""
+    return interpolate(np.array(getattr(summary, budget)), np.array(summary.accuracy), at)
+
+
 def comparison_table(summaries: dict[str, list[RunSummary]], baseline: str = "grpo") -> str:
-    """Markdown: held-out accuracy at equal steps and at equal generated rollouts (mean ± std over
-    seeds), rollouts needed to reach the baseline's final accuracy, entropy, length, time."""
+    """Markdown: held-out accuracy at equal steps, at equal generated rollouts and at equal compute
+    (mean ± std over seeds), rollouts needed to reach the baseline's final accuracy, entropy,
+    length, time."""
     base = summaries[baseline]
-    equal_rollouts = min(s.rollouts[-1] for runs in summaries.values() for s in runs)
+    equal = {budget: min(getattr(s, budget)[-1] for runs in summaries.values() for s in runs) for budget in ("rollouts", "compute")}
     base_final = float(np.mean([s.final_accuracy for s in base]))
     base_rollouts = float(np.mean([s.rollouts[-1] for s in base]))
     base_time = float(np.mean([s.seconds_per_step for s in base]))
     checkpoints = base[0].steps[1:]  # every run of a study shares its evaluation steps
     header = (
         "| method | seeds | start | " + " | ".join(f"{step} steps" for step in checkpoints) + " | at equal rollouts "
-        f"({equal_rollouts:,.0f}) | rollouts to reach {baseline}'s final ({base_final:.3f}) | final entropy | "
-        "response tokens | s / step (vs " + baseline + ") |\n|" + "---|" * (8 + len(checkpoints))
+        f"({equal['rollouts']:,.0f}) | at equal compute ({equal['compute']:.3g}) | rollouts to reach {baseline}'s final "
+        f"({base_final:.3f}) | final entropy | response tokens | s / step (vs " + baseline + ") |\n|" + "---|" * (9 + len(checkpoints))
     )
     lines = [header]
     for method, runs in summaries.items():
-        equal = [interpolate(np.array(s.rollouts), np.array(s.accuracy), equal_rollouts) for s in runs]
+        at_equal = {budget: [accuracy_at(s, budget, at) for s in runs] for budget, at in equal.items()}
         mean_curve_x = np.mean([s.rollouts for s in runs], axis=0)
         mean_curve_y = np.mean([s.accuracy for s in runs], axis=0)
         reach = first_crossing(mean_curve_x, mean_curve_y, base_final)
@@ -327,30 +428,70 @@ def comparison_table(summaries: dict[str, list[RunSummary]], baseline: str = "gr
         lines.append(
             f"| {method} | {len(runs)} | {_mean_std([s.accuracy[0] for s in runs])} | "
             + "".join(f"{_mean_std([s.accuracy[i] for s in runs])} | " for i in range(1, len(checkpoints) + 1))
-            + f"{_mean_std(equal)} | {reach_text} | "
+            + f"{_mean_std(at_equal['rollouts'])} | {_mean_std(at_equal['compute'])} | {reach_text} | "
             f"{_mean_std([_tail_mean(s.train_rows, 'actor/entropy') for s in runs])} | "
             f"{_mean_std([s.eval_length for s in runs])} | {time:.2f} ({time / base_time:.2f}x) |"
         )
     return "\n".join(lines)
 
 
-def paired_differences(summaries: dict[str, list[RunSummary]], method: str, baseline: str = "grpo") -> str:
-    """Per seed: method minus baseline at equal generated rollouts and at the final step."""
-    by_seed = {s.run.seed: s for s in summaries[baseline]}
-    lines = ["| seed | final, " + baseline + " | final, " + method + " | difference at equal steps | difference at equal rollouts |", "|---|---|---|---|---|"]
-    equal_diffs, step_diffs = [], []
-    for s in summaries[method]:
+def seed_differences(method_runs: list[RunSummary], baseline_runs: list[RunSummary]) -> dict[str, list[float]]:
+    """Per seed present in both: method minus baseline at equal steps (the final evaluation), at
+    equal generated rollouts and at equal compute (each pair at the smaller of its two budgets)."""
+    by_seed = {s.run.seed: s for s in baseline_runs}
+    differences = {"seed": [], "baseline": [], "method": [], "steps": [], "rollouts": [], "compute": []}
+    for s in method_runs:
         b = by_seed.get(s.run.seed)
         if b is None:
             continue
-        rollouts = min(s.rollouts[-1], b.rollouts[-1])
-        equal = interpolate(np.array(s.rollouts), np.array(s.accuracy), rollouts) - interpolate(np.array(b.rollouts), np.array(b.accuracy), rollouts)
-        step_diffs.append(s.final_accuracy - b.final_accuracy)
-        equal_diffs.append(equal)
-        lines.append(f"| {s.run.seed} | {b.final_accuracy:.3f} | {s.final_accuracy:.3f} | {step_diffs[-1]:+.3f} | {equal:+.3f} |")
-    if len(equal_diffs) > 1:
-        cell = lambda v: "{:+.3f} ± {:.3f}".format(*t_interval_95(v))  # noqa: E731
-        lines.append(f"| mean ± 95% interval (t, {len(equal_diffs) - 1} d.f.) | | | {cell(step_diffs)} | {cell(equal_diffs)} |")
+        differences["seed"].append(s.run.seed)
+        differences["baseline"].append(b.final_accuracy)
+        differences["method"].append(s.final_accuracy)
+        differences["steps"].append(s.final_accuracy - b.final_accuracy)
+        for budget in ("rollouts", "compute"):
+            at = min(getattr(s, budget)[-1], getattr(b, budget)[-1])
+            differences[budget].append(accuracy_at(s, budget, at) - accuracy_at(b, budget, at))
+    return differences
+
+
+def _interval_cell(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:+.3f} (1 seed)" if values else "n/a"
+    return "{:+.3f} ± {:.3f}".format(*t_interval_95(values))
+
+
+def paired_differences(summaries: dict[str, list[RunSummary]], method: str, baseline: str = "grpo") -> str:
+    """Per seed: method minus baseline at the final step, at equal generated rollouts and at equal
+    compute; then the mean with its 95% t-interval."""
+    d = seed_differences(summaries[method], summaries[baseline])
+    lines = ["| seed | final, " + baseline + " | final, " + method + " | difference at equal steps | at equal rollouts | at equal compute |",
+             "|---|---|---|---|---|---|"]
+    for i, seed in enumerate(d["seed"]):
+        lines.append(f"| {seed} | {d['baseline'][i]:.3f} | {d['method'][i]:.3f} | {d['steps'][i]:+.3f} | {d['rollouts'][i]:+.3f} | {d['compute'][i]:+.3f} |")
+    if len(d["seed"]) > 1:
+        lines.append(f"| mean ± 95% interval (t, {len(d['seed']) - 1} d.f.) | | | {_interval_cell(d['steps'])} | "
+                     f"{_interval_cell(d['rollouts'])} | {_interval_cell(d['compute'])} |")
+    return "\n".join(lines)
+
+
+def screening_table(finished: dict[str, dict[str, list[RunSummary]]], baseline: str = "grpo") -> str:
+    """Markdown: one row per cell (regime/configuration), one column per method: the method's
+    held-out accuracy minus the baseline's at equal generated rollouts / at equal compute, mean
+    over the seeds both ran (with the 95% t-interval where there are several)."""
+    methods = [m for m in METHODS if m != baseline and any(m in cell for cell in finished.values())]
+    lines = [f"| cell | {baseline} final | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for cell, runs in finished.items():
+        if baseline not in runs:
+            continue
+        cells = []
+        for method in methods:
+            if method not in runs:
+                cells.append("")
+                continue
+            d = seed_differences(runs[method], runs[baseline])
+            cells.append(f"{_interval_cell(d['rollouts'])} / {_interval_cell(d['compute'])}" if d["seed"] else "")
+        base = _mean_std([s.final_accuracy for s in runs[baseline]])
+        lines.append(f"| {cell} | {base} ({len(runs[baseline])} seeds) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -448,26 +589,27 @@ def progress_printer(run: RunSpec, total: int):
 def write_tables(settings: StudySettings, out: Path, data: dict, models: dict, title: str = "Miniature study") -> str | None:
     """Tables (`out/tables.md`) and plots from every finished run under `out`, and each finished
     run's summary as JSON in `out/summaries/` (what a results page commits); returns the markdown
-    (None while no GRPO run has finished)."""
+    (None while no GRPO run has finished). data: {regime: paths}, models: {start: path}."""
+    held_out = next(iter(data.values()))["test"]  # one held-out set for every regime
     starts = {
-        strength: evaluate_model(model, data["test"], settings.eval_samples, settings.max_response_length, out / "eval" / f"start-{strength}.json")
-        for strength, model in models.items()
+        start: evaluate_model(model, held_out, settings.eval_samples, settings.max_response_length, out / "eval" / f"start-{start}.json")
+        for start, model in models.items()
     }
     finished: dict[str, dict[str, list]] = {}
     for run_dir in sorted((out / "runs").glob("*")):
-        method, strength, seed = run_dir.name.rsplit("-", 2)
-        run = RunSpec(method, int(seed[1:]), strength)
-        if strength not in starts:
+        run = RunSpec.from_name(run_dir.name)
+        if run.start not in starts or run.regime not in data:
             continue
-        summary = summarise_run(settings, run, out, starts[strength], data)
+        summary = summarise_run(settings, run, out, starts[run.start], data[run.regime])
         if summary is not None:
-            finished.setdefault(strength, {}).setdefault(method, []).append(summary)
+            finished.setdefault(run.cell, {}).setdefault(run.method, []).append(summary)
     save_summaries(out / "summaries", str(settings), starts, finished)
     return render_tables(str(settings), starts, finished, out, title)
 
 
 # Training-metric keys a summary keeps (the tables and plots read no others).
-_SUMMARY_METRIC_PREFIXES = ("step", "timing_s/step", "actor/entropy", "critic/score/mean", "exgrpo/")
+_SUMMARY_METRIC_PREFIXES = ("step", "timing_s/step", "actor/entropy", "actor/grad_norm", "critic/score/mean", "exgrpo/",
+                            "prompt_length/mean", "response_length/mean", "perf/total_num_tokens")
 
 
 def save_summaries(folder: Path, settings_text: str, starts: dict, finished: dict[str, dict[str, list]]) -> None:
@@ -488,7 +630,7 @@ def save_summaries(folder: Path, settings_text: str, starts: dict, finished: dic
 
 
 def load_summaries(folder: Path) -> tuple[str, dict, dict[str, dict[str, list]]]:
-    """(settings text, starting points, {strength: {method: [RunSummary]}}) from `save_summaries`' folder."""
+    """(settings text, starting points, {cell: {method: [RunSummary]}}) from `save_summaries`' folder."""
     study_file = folder / "study.json"
     if not study_file.exists():
         raise FileNotFoundError(f"{study_file}: no study.json; expected a folder written by scripts/miniature.py (<out>/summaries)")
@@ -501,32 +643,38 @@ def load_summaries(folder: Path) -> tuple[str, dict, dict[str, dict[str, list]]]
         record["run"] = RunSpec(**record["run"])
         record["cumulative_rollouts"] = np.asarray(record["cumulative_rollouts"])
         summary = RunSummary(**record)
-        finished.setdefault(summary.run.strength, {}).setdefault(summary.run.method, []).append(summary)
+        finished.setdefault(summary.run.cell, {}).setdefault(summary.run.method, []).append(summary)
     return study["settings"], study["starts"], finished
 
 
+MAIN_CELL = "medium/release"
+
+
 def render_tables(settings_text: str, starts: dict, finished: dict[str, dict[str, list]], out: Path, title: str = "Miniature study") -> str | None:
-    """Write `out/tables.md` and the plots from run summaries; None while no GRPO run has finished."""
-    if "grpo" not in finished.get("medium", {}):
+    """Write `out/tables.md` and the plots from run summaries: per cell (regime/configuration)
+    the comparison of every method that ran, paired differences, replay diagnostics and a plot;
+    then the screening table over cells. None while no cell has a finished GRPO run."""
+    cells = [cell for cell in sorted(finished, key=lambda c: (c != MAIN_CELL, c)) if "grpo" in finished[cell]]
+    if not cells:
         return None
     out.mkdir(parents=True, exist_ok=True)
-    medium = finished["medium"]
-    main = {m: medium[m] for m in ("grpo", "exgrpo") if m in medium}
-    parts = [f"# {title}: tables\n\nSettings: `{settings_text}`\n"]
-    parts += ["## GRPO vs ExGRPO (medium start)\n", comparison_table(main), ""]
-    if "exgrpo" in medium:
-        parts += ["### Paired by seed (same data order)\n", paired_differences(medium, "exgrpo"), ""]
-        plot_buckets(medium["exgrpo"][0], out / "buckets.png")
-    plot_accuracy_and_entropy(main, out / "accuracy_vs_rollouts.png", "medium start")
-    ablations = {m: [s for s in runs if s.run.seed == 0] for m, runs in medium.items()}
-    if len(ablations) > 2:
-        parts += ["## Ablations (seed 0, medium start)\n", comparison_table(ablations), ""]
-        plot_accuracy_and_entropy(ablations, out / "ablations.png", "ablations, seed 0")
-    parts += ["## What replay did\n", replay_diagnostics(medium), ""]
-    for strength in ("weak", "strong"):
-        if "grpo" in finished.get(strength, {}):
-            parts += [f"## {strength.capitalize()} start (seed 0)\n", comparison_table(finished[strength]), ""]
-            plot_accuracy_and_entropy(finished[strength], out / f"accuracy_{strength}.png", f"{strength} start")
+    parts = [f"# {title}: tables\n\nSettings: `{settings_text}`\n",
+             "Differences are method minus GRPO, held-out accuracy, mean over paired seeds ± the 95% t-interval.\n"]
+    for cell in cells:
+        methods = {method: finished[cell][method] for method in METHODS if method in finished[cell]}  # a fixed order
+        regime, config = cell.split("/")
+        slug = cell.replace("/", "_")
+        parts += [f"## {cell}: {REGIMES[regime].description}; {config} settings\n", comparison_table(methods), ""]
+        for method in methods:
+            if method != "grpo":
+                parts += [f"### {method} minus grpo, paired by seed (same data order)\n", paired_differences(methods, method), ""]
+        if len(methods) > 1:
+            parts += ["### What replay did\n", replay_diagnostics(methods), ""]
+        plot_accuracy_and_entropy(methods, out / f"accuracy_{slug}.png", cell)
+        if "exgrpo" in methods:
+            plot_buckets(methods["exgrpo"][0], out / f"buckets_{slug}.png")
+    parts += ["## Screening: every method in every cell (difference at equal rollouts / at equal compute)\n",
+              screening_table({cell: finished[cell] for cell in cells}), ""]
     parts += ["## Starting points (held-out, temperature 1)\n", "| start | accuracy | by level |", "|---|---|---|"]
     parts += [f"| {name} | {r['accuracy']:.3f} ± {r['standard_error']:.3f} | {r['by_level']} |" for name, r in starts.items()]
     text = "\n".join(parts) + "\n"

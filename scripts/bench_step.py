@@ -68,7 +68,7 @@ def medians(rows: list[dict]) -> dict[str, float]:
 def run_method(method: str, settings: StudySettings, model: Path, data: dict, out: Path, profile_s: float, profile_after: int) -> dict:
     from exgrpo_verl.cpu_runtime.launch import run_training
 
-    run = RunSpec(method)
+    run = RunSpec(method, config="defaults")  # the configuration of the first (before) measurement
     run_dir = out / "runs" / method
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -157,6 +157,7 @@ def main() -> None:
     out = Path(args.out).resolve()
     settings = replace(StudySettings(), steps=args.steps, checkpoints=1)
     data, models = miniature.prepare(settings, out, {"medium"})
+    data = data["medium"]
     report = {"load_average_start": os.getloadavg(), "methods": {}}
     for method in args.methods:
         profile_s = args.profile if method == "exgrpo" else 0

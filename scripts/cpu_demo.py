@@ -30,13 +30,13 @@ def main():
     out = Path(args.out).resolve()
     print(">> warm start (a tiny Qwen2 taught chain arithmetic; cached after the first run) and task data", flush=True)
     data, models = miniature.prepare(settings, out, {"medium"})
-    runs = [RunSpec("exgrpo"), RunSpec("grpo")]
+    runs = [RunSpec("exgrpo", config="defaults"), RunSpec("grpo", config="defaults")]
     print(f">> training ExGRPO and GRPO side by side: {settings.steps} steps of {settings.batch} questions x {settings.rollouts} rollouts", flush=True)
 
     def execute(run: RunSpec) -> None:
-        run_dir = miniature.train(settings, run, models["medium"], data, out, on_step=miniature.progress_printer(run, settings.steps))
+        run_dir = miniature.train(settings, run, models["medium"], data["medium"], out, on_step=miniature.progress_printer(run, settings.steps))
         print(f">> {run.name}: evaluating its checkpoints on {settings.test_per_level * len(settings.task.levels)} held-out questions x {settings.eval_samples}", flush=True)
-        miniature.evaluate_run(settings, run_dir, data)
+        miniature.evaluate_run(settings, run_dir, data["medium"])
 
     # Two runs at a time: each spends much of a step waiting on its pipeline, so they share 2 cores well.
     with ThreadPoolExecutor(2) as pool:

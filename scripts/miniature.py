@@ -1,9 +1,11 @@
-"""The miniature study: GRPO vs ExGRPO, ablations and start strengths, from a warm-started tiny
-reasoner, through verl's real trainer on the CPU (exgrpo_verl/miniature.py has the pieces).
+"""The miniature study: GRPO vs ExGRPO and the other replay strategies, across regimes, from a
+warm-started tiny reasoner, through verl's real trainer on the CPU (exgrpo_verl/miniature.py has
+the pieces). Runs use the release's settings (`+preset=release`) unless a plan says otherwise.
 
-    python scripts/miniature.py --plan main            # GRPO and ExGRPO, 3 seeds (medium start)
+    python scripts/miniature.py --plan main            # GRPO and ExGRPO, 3 seeds, medium start, release settings
+    python scripts/miniature.py --plan defaults        # the same under the project's defaults
+    python scripts/miniature.py --plan screen          # every strategy in every regime, seed 0 (--regimes to pick)
     python scripts/miniature.py --plan ablations       # six ablations, seed 0
-    python scripts/miniature.py --plan weak strong     # GRPO and ExGRPO from the weak and strong starts
     python scripts/miniature.py --plan main --quick    # a smoke run in a few minutes
     python scripts/miniature.py --report-only          # tables and plots from whatever has finished
     python scripts/miniature.py --from-summaries docs/results/miniature/summaries --out docs/results/miniature
@@ -21,26 +23,28 @@ with a results page, which `--from-summaries` then regenerates without the runs 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 from exgrpo_verl import miniature
-from exgrpo_verl.miniature import METHODS, RunSpec, StudySettings
+from exgrpo_verl.miniature import REGIMES, STRATEGY_METHODS, RunSpec, StudySettings
 
 ABLATIONS = ["no_shaping", "random_trajectory", "uniform_questions", "no_delayed_start", "rho_0.25", "rho_0.75"]
 
 
-def plan_runs(plan: str, seeds: list[int]) -> list[RunSpec]:
+def plan_runs(plan: str, seeds: list[int], regimes: list[str]) -> list[RunSpec]:
+    """The runs of a plan, in the order they run (RLEP after the ExGRPO run whose experience it replays)."""
     if plan == "main":
         return [RunSpec(method, seed) for seed in seeds for method in ("grpo", "exgrpo")]
+    if plan == "defaults":
+        return [RunSpec(method, seed, config="defaults") for seed in seeds for method in ("grpo", "exgrpo")]
     if plan == "ablations":
         return [RunSpec(method, seeds[0]) for method in ABLATIONS]
-    if plan in ("weak", "strong"):
-        return [RunSpec(method, seeds[0], plan) for method in ("grpo", "exgrpo")]
-    raise SystemExit(f"--plan {plan!r}: expected main, ablations, weak or strong")
+    if plan == "screen":
+        return [RunSpec(method, seeds[0], regime) for regime in regimes for method in ("grpo", *STRATEGY_METHODS)]
+    raise SystemExit(f"--plan {plan!r}: expected main, defaults, screen or ablations")
 
 
 def main(argv=None) -> None:
@@ -49,6 +53,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
     parser.add_argument("--methods", nargs="+", default=None, help="run only these methods of the plans")
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES), help="the screen plan's regimes")
     parser.add_argument("--steps", type=int, default=None, help="update steps per run (default: the study's 160)")
     parser.add_argument("--out", default="outputs/miniature")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny warm start, 4 steps of 4 x 4")
@@ -67,22 +72,18 @@ def main(argv=None) -> None:
     if args.steps:
         settings = replace(settings, steps=args.steps)
     out = Path(args.out).resolve()
-    runs = [run for plan in args.plan for run in plan_runs(plan, args.seeds)
+    runs = [run for plan in args.plan for run in plan_runs(plan, args.seeds, args.regimes)
             if args.methods is None or run.method in args.methods]
-    strengths = {"medium"} | {run.strength for run in runs}
-    print(f">> preparing task data and warm starts ({', '.join(sorted(strengths))})", flush=True)
-    data, models = miniature.prepare(settings, out, strengths, quick=args.quick)
+    regimes = {"medium"} | {run.regime for run in runs} | {path.name for path in (out / "data").glob("*") if path.name in REGIMES}
+    print(f">> preparing task data and warm starts ({', '.join(sorted(regimes))})", flush=True)
+    data, models = miniature.prepare(settings, out, regimes, quick=args.quick)
 
     started = time.perf_counter()
     if not args.report_only:
-        unknown = [run.method for run in runs if run.method not in METHODS]
-        if unknown:
-            sys.exit(f"unknown methods {unknown}")
-
         def execute(run: RunSpec) -> None:
             print(f">> {run.name}: {settings.steps} steps of {settings.batch} questions x {settings.rollouts} rollouts", flush=True)
-            run_dir = miniature.train(settings, run, models[run.strength], data, out, on_step=miniature.progress_printer(run, settings.steps))
-            result = miniature.evaluate_run(settings, run_dir, data)
+            run_dir = miniature.train(settings, run, models[run.start], data[run.regime], out, on_step=miniature.progress_printer(run, settings.steps))
+            result = miniature.evaluate_run(settings, run_dir, data[run.regime])
             print(f">> {run.name}: held-out accuracy by step {({s: round(r['accuracy'], 3) for s, r in result.items()})}", flush=True)
             miniature.write_tables(settings, out, data, models)
 

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from exgrpo_verl.algorithm import (
     MAX_ABS_LOG_RATIO,
+    fresh_rows_mean_advantage,
     group_advantage,
     importance_weight,
     mixed_policy_token_loss,
@@ -50,6 +52,16 @@ def test_group_advantage_of_a_uniform_group_is_zero_with_and_without_std():
     scores = torch.tensor([1.0, 1.0, 1.0])
     for norm_by_std in (False, True):
         assert torch.equal(group_advantage(scores, ["g"] * 3, norm_by_std=norm_by_std), torch.zeros(3))
+
+
+def test_fresh_rows_mean_advantage_is_their_share_of_the_group_advantage():
+    """Equal to the mean of group_advantage over the fresh rows (no std), zero without joined rows."""
+    fresh, joined = np.array([0.0, 1.0, 0.0, 0.0]), np.array([1.0])
+    advantages = group_advantage(torch.tensor(np.concatenate([fresh, joined])), ["g"] * 5, norm_by_std=False)
+    assert fresh_rows_mean_advantage(fresh, joined) == pytest.approx(float(advantages[:4].mean()))
+    assert fresh_rows_mean_advantage(fresh, joined) == pytest.approx(0.25 - 0.4)
+    assert fresh_rows_mean_advantage(fresh, np.array([])) == 0.0
+    assert fresh_rows_mean_advantage(np.array([1.0, 1.0]), joined) == 0.0  # already all solved: no push down
 
 
 def test_group_advantage_rejects_a_group_of_one():

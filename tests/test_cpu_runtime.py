@@ -23,7 +23,10 @@ def _probe_verl_process():
     from verl.workers.rollout.base import _ROLLOUT_REGISTRY
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
+    import os
+
     return {
+        "transfer_queue_threads": os.environ.get("TQ_NUM_THREADS"),
         "plugin_loaded": "exgrpo_verl.plugin" in sys.modules,
         "advantage_registered": "exgrpo" in core_algos.ADV_ESTIMATOR_REGISTRY,
         "cpu_runtime_imported": any(m.startswith("exgrpo_verl.cpu_runtime") for m in sys.modules),
@@ -60,6 +63,7 @@ def test_plugin_loads_in_ray_workers_and_cpu_runtime_only_with_its_switch(ray_cl
 
     assert with_switch["cpu_platform_registered"] and with_switch["hf_rollout_registered"]
     assert with_switch["device"] == "cpu"
+    assert with_switch["transfer_queue_threads"] == str(cpu_runtime.transfer_queue_threads())
 
 
 def test_a_broken_plugin_is_loud(monkeypatch, caplog):

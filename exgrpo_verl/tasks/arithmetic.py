@@ -25,6 +25,7 @@ import hashlib
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 DATA_SOURCE = "chain_arithmetic"
 THINK_CLOSE = "</think>"
@@ -110,11 +111,15 @@ def prompt_messages(question: Question) -> list[dict]:
     return [{"role": "user", "content": f"Compute {question.expression}"}]
 
 
-def draw_questions(task: ArithmeticTask, per_level: int, seed: int, reserved: bool, exclude: set[str] = frozenset()) -> list[Question]:
-    """per_level distinct questions of each level from one half, none in `exclude`, in a seeded order."""
+def draw_questions(task: ArithmeticTask, per_level: int, seed: int, reserved: bool, exclude: set[str] = frozenset(),
+                   levels: Sequence[int] | None = None) -> list[Question]:
+    """per_level distinct questions of each of `levels` (1-based; None: all) from one half, none in
+    `exclude`, in a seeded order."""
     rng = random.Random(seed)
     questions = []
-    for level in range(1, len(task.levels) + 1):
+    for level in levels or range(1, len(task.levels) + 1):
+        if not 1 <= level <= len(task.levels):
+            raise ValueError(f"levels={tuple(levels)}: level {level} does not exist; the task has levels 1..{len(task.levels)}")
         seen: set[str] = set()
         attempts = 0
         while len(seen) < per_level:
@@ -148,14 +153,16 @@ def make_rows(questions: list[Question], split: str, first_index: int = 0) -> li
     ]
 
 
-def write_splits(task: ArithmeticTask, out_dir: str | Path, train_per_level: int, test_per_level: int, seed: int = 0) -> dict[str, Path]:
-    """RL training pool and held-out test set (both from the reserved half, disjoint) as parquet."""
+def write_splits(task: ArithmeticTask, out_dir: str | Path, train_per_level: int, test_per_level: int, seed: int = 0,
+                 train_levels: Sequence[int] | None = None) -> dict[str, Path]:
+    """RL training pool (of `train_levels`, None: all) and held-out test set (every level; both from
+    the reserved half, disjoint) as parquet."""
     import pandas as pd
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test = draw_questions(task, test_per_level, seed=seed + 1_000, reserved=True)
-    train = draw_questions(task, train_per_level, seed=seed, reserved=True, exclude={q.expression for q in test})
+    train = draw_questions(task, train_per_level, seed=seed, reserved=True, exclude={q.expression for q in test}, levels=train_levels)
     paths = {"train": out_dir / "train.parquet", "test": out_dir / "test.parquet"}
     pd.DataFrame(make_rows(train, "train")).to_parquet(paths["train"])
     pd.DataFrame(make_rows(test, "test", first_index=1_000_000)).to_parquet(paths["test"])

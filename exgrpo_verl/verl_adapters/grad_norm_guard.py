@@ -14,7 +14,10 @@ the workers at start and when replay starts (set_loss_fn), and the engine receiv
 batch; verl's optimizer config rejects keys it does not know.
 
 Metric: `exgrpo/update_skipped`, 1 for a skipped optimiser step, 0 otherwise; verl averages it
-over the step's mini-batches (the fraction of updates skipped).
+over the step's mini-batches (the fraction of updates skipped). It is reported as a one-element
+list, the shape of verl's own per-micro-batch metrics: verl's worker gathers each metric over the
+data-parallel ranks and flattens those lists (a bare float there fails the first update with
+"TypeError: 'float' object is not iterable").
 
 The same engine saves the best-by-validation model (exgrpo_verl.best_model): a save into a best
 folder writes the Hugging Face model only and stays out of verl's checkpoint retention.
@@ -55,7 +58,7 @@ class GradNormGuardedEngine(FSDPEngineWithLMHead):
         self._max_grad_norm = getattr(loss_function, MAX_GRAD_NORM_ATTRIBUTE, None)
         outputs = super().train_batch(data, loss_function)
         if self._max_grad_norm is not None and self.is_mp_src_rank_with_outputs():
-            outputs["metrics"][SKIPPED_METRIC] = float(self._skipped)
+            outputs["metrics"][SKIPPED_METRIC] = [float(self._skipped)]
         return outputs
 
     def optimizer_step(self):

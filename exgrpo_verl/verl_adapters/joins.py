@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from exgrpo_verl.algorithm import fresh_rows_mean_advantage
 from exgrpo_verl.experience import Trajectory
 from exgrpo_verl.strategies import GroupOutcome, JoinRequest, signal_gained
 from exgrpo_verl.verl_adapters.rows import session_of_key, trajectory_key, uid_of_key
@@ -33,6 +34,7 @@ class Joined:
     replaced: set[tuple[str, int]] = field(default_factory=set)  # (uid, session) of fresh rows that leave
     dropped: set[str] = field(default_factory=set)  # groups that leave the step
     groups_given_signal: int = 0
+    fresh_advantages: list[float] = field(default_factory=list)  # per group sharing its baseline with joined rows
     keys: list[str] = field(default_factory=list)  # the new rows, once built
     rows: list[dict] = field(default_factory=list)
     tags: list[dict] = field(default_factory=list)
@@ -72,6 +74,9 @@ class Joined:
             "exgrpo/replayed_mean_age": float(np.mean(ages)) if ages else 0.0,
             "exgrpo/zero_variance_groups": sum(g.zero_variance for g in groups.values()),
             "exgrpo/groups_given_signal": self.groups_given_signal,
+            # The fresh rows' mean advantage in groups joined by stored trajectories (0 when none).
+            "exgrpo/experience_groups": len(self.fresh_advantages),
+            "exgrpo/experience_group_fresh_advantage": float(np.mean(self.fresh_advantages)) if self.fresh_advantages else 0.0,
         }
 
 
@@ -94,4 +99,6 @@ def build_joins(requests: list[JoinRequest], chosen: dict[str, list[Trajectory]]
         kept = np.asarray([r for s, r in zip(group.sessions, group.rewards) if s not in replaced], dtype=np.float64)
         added = np.asarray([t.reward for t in trajectories], dtype=np.float64)
         joined.groups_given_signal += signal_gained(group, kept, added, request.separate_advantage)
+        if not request.separate_advantage:
+            joined.fresh_advantages.append(fresh_rows_mean_advantage(kept, added))
     return joined
