@@ -18,9 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from exgrpo_verl import checkpoint_retention, run_lock
 from exgrpo_verl.cpu_runtime.launch import cpu_env, cpu_run_overrides, read_metrics
 from exgrpo_verl.tasks import char_hunt
+
+pytestmark = pytest.mark.slow  # four trainer launches (lock, SIGTERM, three resumes): `make test-slow`
 
 KEEP, RESUMES = 2, 3
 STARTUP_TIMEOUT_S = 900

@@ -22,6 +22,8 @@ from e2e_support.observed_run import train_observed
 from exgrpo_verl.experience import ExperienceBuffer
 from exgrpo_verl.tasks import char_hunt
 
+pytestmark = pytest.mark.slow  # four trainer launches, one per strategy and a resume: `make test-slow`
+
 B, K, FILL_STEPS, REPO_STEPS, RLEP_STEPS, M = 4, 4, 8, 6, 3, 2
 
 

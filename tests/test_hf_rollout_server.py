@@ -33,6 +33,23 @@ def test_concurrent_requests_are_batched_and_answered_with_log_probs(server):
         assert all(lp <= 0 for lp in output.log_probs)
 
 
+def test_requests_that_trickle_in_are_gathered_into_one_batch(server):
+    """The agent loop sends a step's requests a few milliseconds apart: all of them make one batch
+    (a window counted from the first request alone took only the first two or three)."""
+    import time
+
+    sampling = dict(temperature=1.0, top_p=1.0, top_k=-1, logprobs=True)
+    before = ray.get(server.stats.remote())
+    refs = []
+    for i in range(12):
+        refs.append(server.generate.remote(request_id=f"t{i}", prompt_ids=[5, 6, 7 + i], sampling_params=dict(sampling)))
+        time.sleep(0.01)
+    ray.get(refs)
+    after = ray.get(server.stats.remote())
+    assert after["generate_calls"] - before["generate_calls"] == 12
+    assert after["batches"] - before["batches"] == 1, (before, after)
+
+
 def test_new_weights_reach_the_server(server):
     greedy = dict(temperature=0, top_p=1.0, top_k=-1, logprobs=True)
     before = ray.get(server.generate.remote(request_id="a", prompt_ids=[5, 6, 7], sampling_params=dict(greedy)))

@@ -14,7 +14,7 @@ from exgrpo_verl.config import ExGRPOConfig, ExGRPOLossConfig
 from exgrpo_verl.experience import CheckpointError, ExperienceBuffer, ExperienceConfig, GroupResult
 from exgrpo_verl.verl_adapters import checkpoint
 from exgrpo_verl.verl_adapters.rows import build_replayed_row, group_results_from_step, replayed_row_tag
-from exgrpo_verl.verl_adapters.trainer import question_positions
+from exgrpo_verl.verl_adapters.trainer import inference_micro_batch, question_positions
 
 EOS = 2
 
@@ -303,3 +303,12 @@ def test_every_state_file_gets_the_same_permissions(tmp_path):
     modes = {path.relative_to(tmp_path).as_posix(): path.stat().st_mode & 0o777
              for path in (tmp_path / "exgrpo").rglob("*") if path.is_file()}
     assert len(set(modes.values())) == 1, modes
+
+
+def test_the_selection_pass_is_not_padded_to_a_whole_log_prob_micro_batch():
+    """4 candidates with a log-prob micro-batch of 64: one micro-batch of 4 (was: padded to 64 rows);
+    more candidates than that keep the configured size; token budgets are verl's to size."""
+    assert inference_micro_batch(4, ranks=1, configured=64, dynamic=False) == 4
+    assert inference_micro_batch(5, ranks=2, configured=64, dynamic=False) == 3  # 2 ranks x 3 rows >= 5
+    assert inference_micro_batch(300, ranks=2, configured=64, dynamic=False) == 64
+    assert inference_micro_batch(4, ranks=1, configured=64, dynamic=True) is None

@@ -10,8 +10,12 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
+
 from exgrpo_verl.cpu_runtime.launch import cpu_run_overrides, run_training
 from exgrpo_verl.tasks import char_hunt
+
+pytestmark = pytest.mark.slow  # a trainer launch with wandb offline: `make test-slow`
 
 STEPS = 4
 # wandb's transaction log: a 7-byte file header (":W&B", magic, version), then 32 KiB blocks of

@@ -27,9 +27,13 @@ from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 logger = logging.getLogger(__name__)
 
-# How long the batcher waits for more requests after the first one arrives. The agent loop
-# fires a step's requests within milliseconds, so a short window collects nearly all of them.
+# The batcher starts a batch once no request has arrived for BATCH_WINDOW_S (and at the latest
+# BATCH_MAX_WAIT_S after the first). The agent loop sends a step's requests one sample at a time,
+# a few milliseconds apart; a batch started on a fixed window after the first request got only
+# the first few, and the rest waited for it to finish: each batch costs about the same (decoding
+# is per-step overhead on a tiny model), so a step paid for several.
 BATCH_WINDOW_S = 0.02
+BATCH_MAX_WAIT_S = 0.5
 
 
 def server_actor_name(replica_rank: int) -> str:
@@ -104,7 +108,7 @@ class HFRolloutServer:
         requests that share sampling parameters as one batch, in a thread so that new
         requests keep arriving meanwhile."""
         while self._pending:
-            await asyncio.sleep(BATCH_WINDOW_S)
+            await self._wait_for_stragglers()
             batch, self._pending = self._pending, []
             groups: dict[SamplingParams, list[_PendingRequest]] = {}
             for request in batch:
@@ -121,6 +125,16 @@ class HFRolloutServer:
                 for request, output in zip(requests, outputs):
                     if not request.future.done():
                         request.future.set_result(output)
+
+    async def _wait_for_stragglers(self):
+        """Return once BATCH_WINDOW_S passes without a new request, or BATCH_MAX_WAIT_S after the call."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BATCH_MAX_WAIT_S
+        while True:
+            seen = self.generate_calls
+            await asyncio.sleep(BATCH_WINDOW_S)
+            if self.generate_calls == seen or loop.time() >= deadline:
+                return
 
     async def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], global_steps: int | None = None):
         loaded = await asyncio.to_thread(self.engine.load_weights, named_tensors)

@@ -115,6 +115,16 @@ class Sibling(NamedTuple):
     tag: dict
 
 
+def inference_micro_batch(rows: int, ranks: int, configured: int | None, dynamic: bool) -> int | None:
+    """Rows per micro-batch for a forward pass over `rows` rows on `ranks` data-parallel ranks:
+    the configured log-prob micro-batch, but no larger than one rank's share (so that a few
+    candidates are not padded up to a micro-batch of B*K rows); None under token-budget
+    micro-batches (verl sizes those itself)."""
+    if dynamic:
+        return None
+    return min(configured, -(-rows // ranks))
+
+
 def _padded(nested: torch.Tensor) -> torch.Tensor:
     return torch.nested.to_padded_tensor(nested, 0.0) if nested.is_nested else nested
 
@@ -275,8 +285,11 @@ class ExGRPOTrainer(PPOTrainerSync):
             return {}
         positions = [first[r.uid] for r in requests]
         rows = tq.kv_batch_get(keys=[batch.keys[p] for p in positions], partition_id=batch.partition_id)
-        return {r.uid: Sibling({key: rows[i][key] for key in rows[i].keys()}, batch.tags[p])
-                for i, (r, p) in enumerate(zip(requests, positions))}
+        siblings = {}
+        for i, (request, position) in enumerate(zip(requests, positions)):
+            row = rows[i]  # indexing TransferQueue's lazily stacked rows is costly: once per row, not per field
+            siblings[request.uid] = Sibling({key: row[key] for key in row.keys()}, batch.tags[position])
+        return siblings
 
     def _choose(self, requests: list[JoinRequest], siblings: dict[str, Sibling], metrics: dict) -> dict[str, list]:
         """The trajectories joining each group, among those replayable on its prompt: the last
@@ -340,9 +353,13 @@ class ExGRPOTrainer(PPOTrainerSync):
         tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(rows), tags=tags)
         candidates = KVBatchMeta(partition_id="train", keys=keys, tags=tags)
         # Inference only: pad to what the log-prob pass splits into (data-parallel ranks x
-        # micro-batches); verl's _balance_batch would pad to a whole PPO mini-batch of B*K rows.
-        candidates = upsample_batch_to_divisible_size(candidates, self._log_prob_batch_multiple(), self.tokenizer.eos_token_id)
+        # micro-batches), with micro-batches no larger than the candidates need; verl's
+        # _balance_batch would pad to a whole PPO mini-batch of B*K rows.
+        ranks, micro_batch = self._log_prob_split(len(rows))
+        candidates = upsample_batch_to_divisible_size(candidates, ranks * (micro_batch or 1), self.tokenizer.eos_token_id)
         candidates.extra_info.update({"calculate_entropy": True, "compute_loss": False, "temperature": 1.0})
+        if micro_batch:
+            candidates.extra_info["micro_batch_size_per_gpu"] = micro_batch
         self.actor_rollout_wg.compute_log_prob(candidates)
         data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["entropy", "log_probs", "response_mask"])
         tq.kv_clear(keys=candidates.keys, partition_id="train")
@@ -358,16 +375,14 @@ class ExGRPOTrainer(PPOTrainerSync):
             scores.setdefault(uid, []).append(score)
         return {uid: np.asarray(values) for uid, values in scores.items()}
 
-    def _log_prob_batch_multiple(self) -> int:
-        """Rows a compute_log_prob batch must be a multiple of: the actor's data-parallel size
-        (read as verl's _balance_batch reads it) times the log-prob micro-batch, unless
-        micro-batches are sized by tokens."""
+    def _log_prob_split(self, rows: int) -> tuple[int, int | None]:
+        """(data-parallel ranks, rows per micro-batch) for a log-prob pass over `rows` rows."""
         dispatch = self.actor_rollout_wg._dispatch_info
         if "actor" not in dispatch:
             dispatch["actor"] = self.actor_rollout_wg._query_dispatch_info("actor")
+        ranks = max(dispatch["actor"]) + 1
         rollout = self.config.actor_rollout_ref.rollout
-        micro_batch = 1 if rollout.log_prob_use_dynamic_bsz else rollout.log_prob_micro_batch_size_per_gpu
-        return (max(dispatch["actor"]) + 1) * micro_batch
+        return ranks, inference_micro_batch(rows, ranks, rollout.log_prob_micro_batch_size_per_gpu, rollout.log_prob_use_dynamic_bsz)
 
     # ---- 3. stored behaviour log-probs for replayed rows -------------------------------------
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
