@@ -9,9 +9,9 @@ left out of the medians. ExGRPO runs with `exgrpo.start_solve_rate=0` so that re
 the selection pass, runs from step 2 on: every measured ExGRPO step pays the full ExGRPO cost.
 
 Printed per method (seconds, medians over the measured steps, from verl's `timing_s/*` metrics):
-  step, gen (waiting for the step's rollouts: agent loop, rollout server, TransferQueue, reward),
-  gen/agent_loop (the agent loop's mean per-sample generate time, where verl reports it; the
-  profile splits the rest of gen by process), exgrpo_select (the selection pass), old_log_prob,
+  step, gen (waiting for the step's rollouts: agent loop, rollout server, TransferQueue, reward;
+  verl's V1 trainer times no finer, so `--profile` splits it by process), exgrpo_select (the
+  selection pass), old_log_prob,
   adv, update_actor, update_weights (weights to the rollout server), exgrpo_collect, and the
   checkpoint of the last step; then the process start to the first step's metrics (the first
   step included), the ExGRPO / GRPO step ratio, and the load average.
@@ -39,9 +39,10 @@ from exgrpo_verl import miniature
 from exgrpo_verl.miniature import RunSpec, StudySettings
 
 PHASES = [
-    "step", "gen", "gen/agent_loop", "reward", "exgrpo_select", "old_log_prob", "adv",
+    "step", "gen", "exgrpo_select", "old_log_prob", "adv",
     "update_actor", "update_weights", "exgrpo_collect",
 ]
+PROFILE_RATE_HZ = 50
 METHOD_OVERRIDES = {"grpo": [], "exgrpo": ["exgrpo.start_solve_rate=0.0"]}
 
 
@@ -53,7 +54,6 @@ def profile_after_step(steps: int) -> int:
 def phase_seconds(row: dict) -> dict[str, float]:
     """One step's phases from its metrics row (absent phases are left out)."""
     names = {phase: f"timing_s/{phase}" for phase in PHASES}
-    names["gen/agent_loop"] = "timing_s/agent_loop/generate_sequences/mean"
     return {phase: float(row[key]) for phase, key in names.items() if key in row}
 
 
@@ -113,7 +113,7 @@ def profile_processes(run_dir: Path, folder: Path, seconds: float) -> None:
             targets[pid] = args.split()[0].replace("ray::", "").replace("/", "_")[:40] or pid
     spy = shutil.which("py-spy") or str(Path(os.sys.executable).with_name("py-spy"))
     jobs = [
-        subprocess.Popen([spy, "record", "--nonblocking", "-p", pid, "-d", str(int(seconds)), "-r", "50", "-f", "raw",
+        subprocess.Popen([spy, "record", "--nonblocking", "-p", pid, "-d", str(int(seconds)), "-r", str(PROFILE_RATE_HZ), "-f", "raw",
                           "-o", str(folder / f"{name}-{pid}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for pid, name in targets.items()
     ]
@@ -121,17 +121,20 @@ def profile_processes(run_dir: Path, folder: Path, seconds: float) -> None:
         job.wait()
 
 
+# Leaf frames where a process waits for work (Ray's task loop, event-loop selects, polls).
+IDLE_FRAMES = ("Worker.main_loop", "EpollSelector.select", "Condition.wait", "Poller.poll", "_wait_for_next_poll")
+
+
 def top_functions(raw_file: Path, count: int = 8) -> tuple[int, list[tuple[str, int]]]:
-    """(samples, [(function, own samples)]) from a py-spy raw (collapsed stacks) file."""
+    """(busy samples, [(function, own samples)]) from a py-spy raw (collapsed stacks) file,
+    samples waiting in IDLE_FRAMES left out."""
     own: Counter = Counter()
-    total = 0
     for line in raw_file.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
-        if not stack:
-            continue
-        total += int(samples)
-        own[stack.split(";")[-1]] += int(samples)
-    return total, own.most_common(count)
+        leaf = stack.split(";")[-1]
+        if stack and not leaf.startswith(IDLE_FRAMES):
+            own[leaf] += int(samples)
+    return sum(own.values()), own.most_common(count)
 
 
 def evaluation_seconds(model: Path, data: dict, out: Path) -> float:
@@ -193,11 +196,11 @@ def print_report(report: dict, profile_dir: Path) -> None:
     if "eval_3200_s" in report:
         print(f"held-out evaluation, 400 questions x 8: {report['eval_3200_s']:.1f} s")
     for raw in sorted(profile_dir.glob("*/*.txt")):
-        total, top = top_functions(raw)
-        if total:
-            print(f"\n{raw.relative_to(profile_dir)}: {total} samples")
+        busy, top = top_functions(raw)
+        if busy:
+            print(f"\n{raw.relative_to(profile_dir)}: busy {busy / PROFILE_RATE_HZ:.1f} s")
             for function, samples in top:
-                print(f"  {100 * samples / total:5.1f}%  {function}")
+                print(f"  {100 * samples / busy:5.1f}%  {function}")
 
 
 if __name__ == "__main__":
