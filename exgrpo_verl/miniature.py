@@ -479,7 +479,7 @@ def screening_table(finished: dict[str, dict[str, list[RunSummary]]], baseline: 
     held-out accuracy minus the baseline's at equal generated rollouts / at equal compute, mean
     over the seeds both ran (with the 95% t-interval where there are several)."""
     methods = [m for m in METHODS if m != baseline and any(m in cell for cell in finished.values())]
-    lines = [f"| cell | {baseline} final | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    lines = ["| " + " | ".join(["cell", f"{baseline} final", *methods]) + " |", "|---|---|" + "---|" * len(methods)]
     for cell, runs in finished.items():
         if baseline not in runs:
             continue
@@ -491,17 +491,34 @@ def screening_table(finished: dict[str, dict[str, list[RunSummary]]], baseline: 
             d = seed_differences(runs[method], runs[baseline])
             cells.append(f"{_interval_cell(d['rollouts'])} / {_interval_cell(d['compute'])}" if d["seed"] else "")
         base = _mean_std([s.final_accuracy for s in runs[baseline]])
-        lines.append(f"| {cell} | {base} ({len(runs[baseline])} seeds) | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([cell, f"{base} ({len(runs[baseline])} seeds)", *cells]) + " |")
     return "\n".join(lines)
 
 
+def replayed_weight_share(token_fraction: float, shaped_weight_mean: float) -> float:
+    """The replayed tokens' share of the policy loss's token weights, fresh tokens weighing 1 and
+    replayed ones f(w) (advantages left out):  q f̄ / (q f̄ + 1 - q),  q the replayed token fraction."""
+    replayed = token_fraction * shaped_weight_mean
+    return replayed / (replayed + 1.0 - token_fraction) if replayed + 1.0 - token_fraction > 0 else float("nan")
+
+
+def _mean_where(rows: list[dict], key: str, condition_key: str) -> float:
+    """Mean of `key` over the steps where `condition_key` is positive (NaN if none)."""
+    values = [row[key] for row in rows if row.get(condition_key, 0) > 0 and key in row]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def replay_diagnostics(summaries: dict[str, list[RunSummary]]) -> str:
-    """Markdown: what replay did in each method's runs (means over steps after replay started)."""
+    """Markdown: what replay did in each method's runs (means over steps after replay started;
+    the fresh rows' advantage over steps that had experience groups)."""
     keys = [
         ("replay start step", None),
         ("replayed share of rows", "exgrpo/replay_fraction"),
         ("mean w on replayed tokens", "exgrpo/replay_importance_weight_mean"),
         ("mean f(w) on replayed tokens", "exgrpo/replay_shaped_weight_mean"),
+        ("replayed share of loss weight", "weight_share"),
+        ("experience groups a step", "exgrpo/experience_groups"),
+        ("fresh rows' mean advantage in them", "exgrpo/experience_group_fresh_advantage"),
         ("pool size", "exgrpo/buffer/pool_size"),
         ("retired", "exgrpo/buffer/retired"),
         ("fresh solve rate", "exgrpo/fresh_score_mean"),
@@ -515,6 +532,11 @@ def replay_diagnostics(summaries: dict[str, list[RunSummary]]) -> str:
             if key is None:
                 starts = [next((r["step"] for r in s.train_rows if r.get("exgrpo/replay_active")), float("nan")) for s in runs]
                 cells.append(_mean_std(starts).replace(".000", ""))
+            elif key == "weight_share":
+                cells.append(_mean_std([replayed_weight_share(_after_start_mean(s.train_rows, "actor/exgrpo/replay_token_fraction"),
+                                                              _after_start_mean(s.train_rows, "exgrpo/replay_shaped_weight_mean")) for s in runs]))
+            elif key == "exgrpo/experience_group_fresh_advantage":
+                cells.append(_mean_std([_mean_where(s.train_rows, key, "exgrpo/experience_groups") for s in runs]))
             else:
                 cells.append(_mean_std([_after_start_mean(s.train_rows, key) for s in runs]))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -608,7 +630,7 @@ def write_tables(settings: StudySettings, out: Path, data: dict, models: dict, t
 
 
 # Training-metric keys a summary keeps (the tables and plots read no others).
-_SUMMARY_METRIC_PREFIXES = ("step", "timing_s/step", "actor/entropy", "actor/grad_norm", "critic/score/mean", "exgrpo/",
+_SUMMARY_METRIC_PREFIXES = ("step", "timing_s/step", "actor/entropy", "actor/grad_norm", "actor/exgrpo/", "critic/score/mean", "exgrpo/",
                             "prompt_length/mean", "response_length/mean", "perf/total_num_tokens")
 
 

@@ -252,3 +252,11 @@ def test_the_study_starts_are_installed_from_the_shipped_weights_after_a_hash_ch
 
     with pytest.raises(ValueError, match=f"{weights}: sha256 .* the shipped warm start is damaged"):
         warm_starts(spec, [spec.steps], cache_dir=tmp_path / "other", progress=False, shipped_dir=damaged)
+
+
+def test_replayed_weight_share_weighs_replayed_tokens_by_their_shaped_weight():
+    from exgrpo_verl.miniature import replayed_weight_share
+
+    # 1 token in 10 replayed at f(w) = 1/11: its share of the weights is (0.1/11) / (0.1/11 + 0.9) = 1/100.
+    assert replayed_weight_share(0.1, 1 / 11) == pytest.approx(1 / 100)
+    assert replayed_weight_share(0.0, 0.5) == 0.0
