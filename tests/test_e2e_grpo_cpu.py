@@ -3,6 +3,7 @@ the CPU through our runtime: steps complete, the actor learns, the rollout follo
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -48,6 +49,7 @@ def test_grpo_trains_on_cpu_and_rollout_tracks_actor(tiny_qwen2, char_hunt_files
     assert json.loads((tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").read_text()) == STEPS
 
 
+@pytest.mark.slow  # a Ray start to see a worker refuse; test_cpu_runtime.py checks the same refusals in-process
 def test_verl_entry_point_refuses_a_config_the_cpu_cannot_run(tiny_qwen2, char_hunt_files, tmp_path):
     train, val = char_hunt_files
     overrides = cpu_run_overrides(str(tiny_qwen2), str(train), str(val), output_dir=str(tmp_path), reward_path=char_hunt.__file__)
