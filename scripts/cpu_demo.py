@@ -44,7 +44,7 @@ def main():
             future.result()
     text = miniature.write_tables(settings, out, data, models, title="CPU demo")
     print("\n" + (text or ""))
-    print(f">> {time.perf_counter() - started:.0f} s; table {out / 'tables.md'}, plots {out / 'accuracy_vs_rollouts.png'}, {out / 'buckets.png'}")
+    print(f">> {time.perf_counter() - started:.0f} s; table {out / 'tables.md'}, plots {out / 'accuracy_medium_defaults.png'}, {out / 'buckets_medium_defaults.png'}")
 
 
 if __name__ == "__main__":

@@ -205,9 +205,9 @@ def test_quick_study_runs_grpo_and_exgrpo_through_verl_and_writes_tables(tmp_pat
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     tables = (tmp_path / "tables.md").read_text()
     assert "| grpo | 1 |" in tables and "| exgrpo | 1 |" in tables
-    for name in ("accuracy_vs_rollouts.png", "buckets.png"):
+    for name in ("accuracy_medium_release.png", "buckets_medium_release.png"):
         assert (tmp_path / name).stat().st_size > 10_000
-    evals = sorted((tmp_path / "runs" / "exgrpo-medium-s0" / "eval").glob("step_*.json"))
+    evals = sorted((tmp_path / "runs" / "exgrpo-medium-release-s0" / "eval").glob("step_*.json"))
     assert [p.name for p in evals] == ["step_2.json", "step_4.json"]
 
 
