@@ -491,7 +491,7 @@ def screening_table(finished: dict[str, dict[str, list[RunSummary]]], baseline: 
             d = seed_differences(runs[method], runs[baseline])
             cells.append(f"{_interval_cell(d['rollouts'])} / {_interval_cell(d['compute'])}" if d["seed"] else "")
         base = _mean_std([s.final_accuracy for s in runs[baseline]])
-        lines.append("| " + " | ".join([cell, f"{base} ({len(runs[baseline])} seeds)", *cells]) + " |")
+        lines.append("| " + " | ".join([cell, f"{base} ({len(runs[baseline])} seed{'s' if len(runs[baseline]) > 1 else ''})", *cells]) + " |")
     return "\n".join(lines)
 
 
