@@ -423,7 +423,10 @@ def comparison_table(summaries: dict[str, list[RunSummary]], baseline: str = "gr
         mean_curve_x = np.mean([s.rollouts for s in runs], axis=0)
         mean_curve_y = np.mean([s.accuracy for s in runs], axis=0)
         reach = first_crossing(mean_curve_x, mean_curve_y, base_final)
-        reach_text = "not reached" if math.isnan(reach) else f"{reach:,.0f} ({reach / base_rollouts:.2f}x)"
+        if mean_curve_y[0] >= base_final:
+            reach_text = f"at the start ({baseline} ended at or below it)"
+        else:
+            reach_text = "not reached" if math.isnan(reach) else f"{reach:,.0f} ({reach / base_rollouts:.2f}x)"
         time = float(np.mean([s.seconds_per_step for s in runs]))
         lines.append(
             f"| {method} | {len(runs)} | {_mean_std([s.accuracy[0] for s in runs])} | "
