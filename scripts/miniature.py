@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     if args.from_summaries:
         out = Path(args.out)
         text = miniature.render_tables(*miniature.load_summaries(Path(args.from_summaries)), out)
-        print(text or f"{args.from_summaries}: no finished GRPO run of the medium start")
+        print(text or f"{args.from_summaries}: no cell with a finished GRPO run")
         return
 
     settings = StudySettings()
