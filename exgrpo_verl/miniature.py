@@ -123,6 +123,11 @@ class RunSpec:
     def start(self) -> str:
         return REGIMES[self.regime].start
 
+    @property
+    def replays_from(self) -> "RunSpec | None":
+        """The run whose stored experience this one replays (RLEP: the same cell's ExGRPO run)."""
+        return RunSpec("exgrpo", self.seed, self.regime, self.config) if self.method == "rlep" else None
+
     @classmethod
     def from_name(cls, name: str) -> "RunSpec":
         method, regime, config, seed = name.rsplit("-", 3)
@@ -173,9 +178,9 @@ def run_overrides(settings: StudySettings, run: RunSpec, model: Path, data: dict
 def _frozen_set(settings: StudySettings, run: RunSpec, run_dir: Path) -> list[str]:
     """RLEP replays a frozen set from an earlier run: the ExGRPO run of the same cell and seed,
     at its last checkpoint (that run must have finished first)."""
-    if run.method != "rlep":
+    if run.replays_from is None:
         return []
-    source = run_dir.parent / RunSpec("exgrpo", run.seed, run.regime, run.config).name / "checkpoints" / f"global_step_{settings.steps}"
+    source = run_dir.parent / run.replays_from.name / "checkpoints" / f"global_step_{settings.steps}"
     if not source.is_dir():
         raise FileNotFoundError(f"{run.name}: RLEP replays the experience of {source}, which does not exist; run the "
                                 "same cell's exgrpo first (scripts/miniature.py orders it before rlep)")

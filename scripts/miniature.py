@@ -49,7 +49,7 @@ def plan_runs(plan: str, seeds: list[int], regimes: list[str]) -> list[RunSpec]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", nargs="+", default=["main"], help="main, ablations, weak, strong (run in the order given)")
+    parser.add_argument("--plan", nargs="+", default=["main"], help="main, defaults, screen, ablations (run in the order given)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
     parser.add_argument("--methods", nargs="+", default=None, help="run only these methods of the plans")
@@ -80,7 +80,11 @@ def main(argv=None) -> None:
 
     started = time.perf_counter()
     if not args.report_only:
+        submitted = {}
+
         def execute(run: RunSpec) -> None:
+            if run.replays_from and run.replays_from.name in submitted:  # --parallel: wait for the experience it replays
+                submitted[run.replays_from.name].result()
             print(f">> {run.name}: {settings.steps} steps of {settings.batch} questions x {settings.rollouts} rollouts", flush=True)
             run_dir = miniature.train(settings, run, models[run.start], data[run.regime], out, on_step=miniature.progress_printer(run, settings.steps))
             result = miniature.evaluate_run(settings, run_dir, data[run.regime])
@@ -88,7 +92,9 @@ def main(argv=None) -> None:
             miniature.write_tables(settings, out, data, models)
 
         with ThreadPoolExecutor(args.parallel) as pool:
-            for future in [pool.submit(execute, run) for run in runs]:
+            for run in runs:
+                submitted[run.name] = pool.submit(execute, run)
+            for future in submitted.values():
                 future.result()
     text = miniature.write_tables(settings, out, data, models)
     print(text or "no finished GRPO run yet")

@@ -169,7 +169,8 @@ def test_runs_name_their_regime_and_configuration_and_take_their_overrides(tmp_p
     assert "+preset=release" not in defaults and "exgrpo.replay_ratio=0" in defaults
     with pytest.raises(ValueError, match="RunSpec.regime='easy': unknown; known: medium, weak, hard, scarce"):
         RunSpec("grpo", regime="easy")
-    # RLEP replays the same cell's ExGRPO run, which must exist.
+    # RLEP replays the same cell's ExGRPO run (the script waits for it), which must exist.
+    assert RunSpec("rlep", 1, "hard").replays_from == RunSpec("exgrpo", 1, "hard") and RunSpec("repo").replays_from is None
     with pytest.raises(FileNotFoundError, match="run the same cell's exgrpo first"):
         run_overrides(StudySettings(), RunSpec("rlep"), tmp_path, {"train": "t", "test": "v"}, tmp_path / "runs" / "rlep-medium-release-s0")
     source = tmp_path / "runs" / "exgrpo-medium-release-s0" / "checkpoints" / "global_step_160"
