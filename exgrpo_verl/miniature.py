@@ -34,6 +34,7 @@ METHODS: dict[str, list[str]] = {
     "uniform_questions": ["exgrpo.experience.question_sampling=uniform"],
     "random_trajectory": ["exgrpo.experience.selection_metric=random"],
     "no_shaping": ["exgrpo.loss.policy_shaping=false"],
+    "carry_fresh": ["exgrpo.unused_fresh_questions=carry"],  # under the preset: keep, not discard, unused fresh questions
     "no_delayed_start": ["exgrpo.start_solve_rate=0.0"],
     "rho_0.25": ["exgrpo.replay_ratio=0.25"],
     "rho_0.75": ["exgrpo.replay_ratio=0.75"],

@@ -5,7 +5,7 @@ the pieces). Runs use the release's settings (`+preset=release`) unless a plan s
     python scripts/miniature.py --plan main            # GRPO and ExGRPO, 3 seeds, medium start, release settings
     python scripts/miniature.py --plan defaults        # the same under the project's defaults
     python scripts/miniature.py --plan screen          # every strategy in every regime, seed 0 (--regimes to pick)
-    python scripts/miniature.py --plan ablations       # six ablations, seed 0
+    python scripts/miniature.py --plan ablations       # seven ablations, seed 0
     python scripts/miniature.py --plan main --quick    # a smoke run in a few minutes
     python scripts/miniature.py --report-only          # tables and plots from whatever has finished
     python scripts/miniature.py --from-summaries docs/results/miniature/summaries --out docs/results/miniature
@@ -31,7 +31,7 @@ from pathlib import Path
 from exgrpo_verl import miniature
 from exgrpo_verl.miniature import REGIMES, STRATEGY_METHODS, RunSpec, StudySettings
 
-ABLATIONS = ["no_shaping", "random_trajectory", "uniform_questions", "no_delayed_start", "rho_0.25", "rho_0.75"]
+ABLATIONS = ["no_shaping", "carry_fresh", "random_trajectory", "uniform_questions", "no_delayed_start", "rho_0.25", "rho_0.75"]
 
 
 def plan_runs(plan: str, seeds: list[int], regimes: list[str]) -> list[RunSpec]:
