@@ -517,37 +517,40 @@ def _mean_where(rows: list[dict], key: str, condition_key: str) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def _replay_start_step(rows: list[dict]) -> float:
+    return next((row["step"] for row in rows if row.get("exgrpo/replay_active")), float("nan"))
+
+
+def _after_start(key: str):
+    return lambda rows: _after_start_mean(rows, key)
+
+
+# What replay did, one statistic of a run's training rows per column.
+REPLAY_DIAGNOSTICS = [
+    ("replay start step", _replay_start_step),
+    ("replayed share of rows", _after_start("exgrpo/replay_fraction")),
+    ("mean w on replayed tokens", _after_start("exgrpo/replay_importance_weight_mean")),
+    ("mean f(w) on replayed tokens", _after_start("exgrpo/replay_shaped_weight_mean")),
+    ("replayed share of loss weight", lambda rows: replayed_weight_share(
+        _after_start_mean(rows, "actor/exgrpo/replay_token_fraction"), _after_start_mean(rows, "exgrpo/replay_shaped_weight_mean"))),
+    ("experience groups a step", _after_start("exgrpo/experience_groups")),
+    ("fresh rows' mean advantage in them",
+     lambda rows: _mean_where(rows, "exgrpo/experience_group_fresh_advantage", "exgrpo/experience_groups")),
+    ("pool size", _after_start("exgrpo/buffer/pool_size")),
+    ("retired", _after_start("exgrpo/buffer/retired")),
+    ("fresh solve rate", _after_start("exgrpo/fresh_score_mean")),
+]
+
+
 def replay_diagnostics(summaries: dict[str, list[RunSummary]]) -> str:
     """Markdown: what replay did in each method's runs (means over steps after replay started;
     the fresh rows' advantage over steps that had experience groups)."""
-    keys = [
-        ("replay start step", None),
-        ("replayed share of rows", "exgrpo/replay_fraction"),
-        ("mean w on replayed tokens", "exgrpo/replay_importance_weight_mean"),
-        ("mean f(w) on replayed tokens", "exgrpo/replay_shaped_weight_mean"),
-        ("replayed share of loss weight", "weight_share"),
-        ("experience groups a step", "exgrpo/experience_groups"),
-        ("fresh rows' mean advantage in them", "exgrpo/experience_group_fresh_advantage"),
-        ("pool size", "exgrpo/buffer/pool_size"),
-        ("retired", "exgrpo/buffer/retired"),
-        ("fresh solve rate", "exgrpo/fresh_score_mean"),
-    ]
-    lines = ["| method | " + " | ".join(k for k, _ in keys) + " |", "|---|" + "---|" * len(keys)]
+    lines = ["| method | " + " | ".join(label for label, _ in REPLAY_DIAGNOSTICS) + " |", "|---|" + "---|" * len(REPLAY_DIAGNOSTICS)]
     for method, runs in summaries.items():
         if method == "grpo":
             continue
-        cells = []
-        for label, key in keys:
-            if key is None:
-                starts = [next((r["step"] for r in s.train_rows if r.get("exgrpo/replay_active")), float("nan")) for s in runs]
-                cells.append(_mean_std(starts).replace(".000", ""))
-            elif key == "weight_share":
-                cells.append(_mean_std([replayed_weight_share(_after_start_mean(s.train_rows, "actor/exgrpo/replay_token_fraction"),
-                                                              _after_start_mean(s.train_rows, "exgrpo/replay_shaped_weight_mean")) for s in runs]))
-            elif key == "exgrpo/experience_group_fresh_advantage":
-                cells.append(_mean_std([_mean_where(s.train_rows, key, "exgrpo/experience_groups") for s in runs]))
-            else:
-                cells.append(_mean_std([_after_start_mean(s.train_rows, key) for s in runs]))
+        cells = [_mean_std([statistic(s.train_rows) for s in runs]) for _, statistic in REPLAY_DIAGNOSTICS]
+        cells[0] = cells[0].replace(".000", "")  # the start step is an integer
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
