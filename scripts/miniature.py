@@ -23,12 +23,14 @@ with a results page, which `--from-summaries` then regenerates without the runs 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 from exgrpo_verl import miniature
+from exgrpo_verl.cpu_runtime import THREADS_ENV
 from exgrpo_verl.miniature import REGIMES, STRATEGY_METHODS, RunSpec, StudySettings
 
 ABLATIONS = ["no_shaping", "carry_fresh", "random_trajectory", "uniform_questions", "no_delayed_start", "rho_0.25", "rho_0.75"]
@@ -79,6 +81,11 @@ def main(argv=None) -> None:
     data, models = miniature.prepare(settings, out, regimes, quick=args.quick)
 
     started = time.perf_counter()
+    if args.parallel > 1:  # split the cores between the runs: oversubscribed OpenMP threads spin against each other
+        import torch
+
+        os.environ.setdefault(THREADS_ENV, str(max(1, (os.cpu_count() or 1) // args.parallel)))
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))  # this process's evaluations
     if not args.report_only:
         submitted = {}
 

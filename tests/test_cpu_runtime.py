@@ -129,6 +129,19 @@ def test_worker_side_checks_refuse_the_same_settings():
         cpu_runtime.check_rollout_config(SimpleNamespace(tensor_model_parallel_size=4, data_parallel_size=1, pipeline_model_parallel_size=1))
 
 
+def test_rollout_threads_default_to_the_cores_and_take_a_share_or_refuse_a_bad_one(monkeypatch):
+    import os
+
+    monkeypatch.delenv(cpu_runtime.THREADS_ENV, raising=False)
+    assert cpu_runtime.rollout_threads() == os.cpu_count()
+    monkeypatch.setenv(cpu_runtime.THREADS_ENV, "1")
+    assert cpu_runtime.rollout_threads() == 1
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(cpu_runtime.THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=f"EXGRPO_CPU_THREADS={bad!r}: expected a positive integer"):
+            cpu_runtime.rollout_threads()
+
+
 def test_backend_string_normalisation():
     assert cpu_runtime.normalise_backend("cpu:gloo,cpu:gloo") == "gloo"
     assert cpu_runtime.normalise_backend("gloo") == "gloo"

@@ -18,7 +18,9 @@ What `activate()` does, each for a failure stock verl meets on a CPU-only machin
   missing "vllm" distribution's version, and without it loads its AVX-512 kernels (SIGILL on AVX2);
 - sizes TransferQueue's torch thread limit to the machine (TQ_NUM_THREADS, unless set): its
   default, 8, exceeds a laptop's physical cores, and TransferQueue then warns on every put and get
-  (~220 lines a step of 8 x 8 here, each streamed through Ray's log pipeline to the driver).
+  (~220 lines a step of 8 x 8 here, each streamed through Ray's log pipeline to the driver);
+- the rollout server decodes with torch threads = the machine's cores, or `EXGRPO_CPU_THREADS`
+  (`rollout_threads()`): set it to cores / N when N trainings share one machine.
 
 The Ray cluster needs a fake GPU per actor worker and enough CPU slots for TransferQueue:
 `launch.CPU_RUNTIME_OVERRIDES` carries those settings for a CPU run.
@@ -73,6 +75,23 @@ def transfer_queue_threads() -> int:
     import psutil
 
     return max(1, min(8, psutil.cpu_count(logical=False) or 1))
+
+
+THREADS_ENV = "EXGRPO_CPU_THREADS"
+
+
+def rollout_threads() -> int:
+    """Torch threads for the CPU rollout server's decoding: the machine's cores, or
+    EXGRPO_CPU_THREADS where set. Trainings that share a machine should split its cores between
+    them: OpenMP threads that outnumber the cores spin against each other at every one of a tiny
+    model's many small ops (scripts/miniature.py --parallel N sets it to cores / N)."""
+    value = os.environ.get(THREADS_ENV)
+    if value is None:
+        return max(1, os.cpu_count() or 1)
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"{THREADS_ENV}={value!r}: expected a positive integer (torch threads for the CPU rollout "
+                         f"server), e.g. {THREADS_ENV}=1 when two trainings share a 2-core machine; unset it to use every core")
+    return int(value)
 
 
 def normalise_backend(backend: str | None) -> str | None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 import torch
 
-from exgrpo_verl.cpu_runtime import check_rollout_config
+from exgrpo_verl.cpu_runtime import check_rollout_config, rollout_threads
 from exgrpo_verl.hf_generation import HFGenerationEngine, SamplingParams
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
@@ -69,7 +68,7 @@ class HFRolloutServer:
     """Ray actor: batched token-in / token-out generation with the latest actor weights."""
 
     def __init__(self, model_path: str, prompt_length: int, response_length: int, seed: int, max_batch_size: int):
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(rollout_threads())
         self.engine = HFGenerationEngine(model_path, seed=seed, max_batch_size=max_batch_size)
         self.max_model_len = prompt_length + response_length
         self.response_length = response_length
