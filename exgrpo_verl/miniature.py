@@ -63,12 +63,13 @@ class Regime:
 
 
 REGIMES: dict[str, Regime] = {
-    "medium": Regime("medium", "the medium start; 640 questions of the 4 levels, each drawn about twice"),
+    "medium": Regime("medium", "the medium start; 640 questions of the 4 levels (GRPO draws each once every 80 steps)"),
     "weak": Regime("weak", "the weak start with replay allowed from step 1 (start_solve_rate 0): fresh groups rarely "
                    "succeed, so stored rare successes are most of the signal", overrides=("exgrpo.start_solve_rate=0.0",)),
-    "hard": Regime("medium", "the medium start trained on level-4 questions only (5 operations; the start solves "
-                   "about 1 in 6): most fresh groups fail entirely", train_levels=(4,), train_per_level=640),
-    "scarce": Regime("medium", "the medium start on a pool of 160 questions (40 a level), each drawn about 8 times",
+    "hard": Regime("medium", "the medium start trained on 640 level-4 questions only (5 operations, which the "
+                   "start solves about 1 time in 6): all-fail groups are common", train_levels=(4,), train_per_level=640),
+    "scarce": Regime("medium", "the medium start on a pool of 160 questions (40 a level): GRPO draws each once every "
+                     "20 steps",
                      train_per_level=40),
 }
 QUICK_WARM_START_STEPS = 20
