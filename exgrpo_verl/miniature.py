@@ -569,7 +569,7 @@ def plot_accuracy_and_entropy(summaries: dict[str, list[RunSummary]], path: Path
     for method, runs in summaries.items():
         x = np.mean([s.rollouts for s in runs], axis=0)
         y = np.array([s.accuracy for s in runs])
-        line = acc_ax.plot(x, y.mean(0), marker="o", label=f"{method} ({len(runs)} seeds)")[0]
+        line = acc_ax.plot(x, y.mean(0), marker="o", label=f"{method} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")[0]
         if len(runs) > 1:
             acc_ax.fill_between(x, y.mean(0) - y.std(0, ddof=1), y.mean(0) + y.std(0, ddof=1), color=line.get_color(), alpha=0.15)
         entropy = np.mean([moving_average([r.get("actor/entropy", np.nan) for r in s.train_rows], 10) for s in runs], axis=0)
