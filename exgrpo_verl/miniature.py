@@ -499,7 +499,9 @@ def screening_table(finished: dict[str, dict[str, list[RunSummary]]], baseline: 
                 cells.append("")
                 continue
             d = seed_differences(runs[method], runs[baseline])
-            cells.append(f"{_interval_cell(d['rollouts'])} / {_interval_cell(d['compute'])}" if d["seed"] else "")
+            single = " (1 seed)"
+            pair = f"{_interval_cell(d['rollouts']).replace(single, '')} / {_interval_cell(d['compute']).replace(single, '')}"
+            cells.append(pair + (single if len(d["seed"]) == 1 else "") if d["seed"] else "")
         base = _mean_std([s.final_accuracy for s in runs[baseline]])
         lines.append("| " + " | ".join([cell, f"{base} ({len(runs[baseline])} seed{'s' if len(runs[baseline]) > 1 else ''})", *cells]) + " |")
     return "\n".join(lines)

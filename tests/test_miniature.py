@@ -150,7 +150,7 @@ def test_differences_are_paired_by_seed_at_each_budget():
     # At compute 2e5 GRPO is at its end (0.5); repo, spending 2x, is at its step 10 (0.5): no difference.
     assert d["compute"] == pytest.approx([0.0])
     table = screening_table({"medium/release": {"grpo": grpo, "repo": costly}})
-    assert table.splitlines()[2] == "| medium/release | 0.550 ± 0.071 (2 seeds) | +0.100 (1 seed) / +0.000 (1 seed) |"
+    assert table.splitlines()[2] == "| medium/release | 0.550 ± 0.071 (2 seeds) | +0.100 / +0.000 (1 seed) |"
 
 
 def test_compute_counts_generation_old_log_probs_update_and_selection():
