@@ -6,6 +6,8 @@ the pieces). Runs use the release's settings (`+preset=release`) unless a plan s
     python scripts/miniature.py --plan defaults        # the same under the project's defaults
     python scripts/miniature.py --plan screen          # every strategy in every regime, seed 0 (--regimes to pick)
     python scripts/miniature.py --plan ablations       # seven ablations, seed 0
+    python scripts/miniature.py --plan confirm --regimes scarce --methods grpo zero_variance_fill --seeds 1 2
+                                                       # more seeds for a screened cell that looked promising
     python scripts/miniature.py --plan main --quick    # a smoke run in a few minutes
     python scripts/miniature.py --report-only          # tables and plots from whatever has finished
     python scripts/miniature.py --from-summaries docs/results/miniature/summaries --out docs/results/miniature
@@ -46,12 +48,14 @@ def plan_runs(plan: str, seeds: list[int], regimes: list[str]) -> list[RunSpec]:
         return [RunSpec(method, seeds[0]) for method in ABLATIONS]
     if plan == "screen":
         return [RunSpec(method, seeds[0], regime) for regime in regimes for method in ("grpo", *STRATEGY_METHODS)]
-    raise SystemExit(f"--plan {plan!r}: expected main, defaults, screen or ablations")
+    if plan == "confirm":
+        return [RunSpec(method, seed, regime) for seed in seeds for regime in regimes for method in ("grpo", *STRATEGY_METHODS)]
+    raise SystemExit(f"--plan {plan!r}: expected main, defaults, screen, confirm or ablations")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", nargs="+", default=["main"], help="main, defaults, screen, ablations (run in the order given)")
+    parser.add_argument("--plan", nargs="+", default=["main"], help="main, defaults, screen, confirm, ablations (run in the order given)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
     parser.add_argument("--methods", nargs="+", default=None, help="run only these methods of the plans")
