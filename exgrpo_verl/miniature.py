@@ -507,6 +507,26 @@ def screening_table(finished: dict[str, dict[str, list[RunSummary]]], baseline: 
     return "\n".join(lines)
 
 
+def screening_finals(finished: dict[str, dict[str, list[RunSummary]]]) -> str:
+    """Markdown: one row per cell, one column per method: final held-out accuracy (mean over
+    seeds) and, for a replaying method, the replayed rows a step and the steps with any, which
+    tell a strategy that replayed nothing (a GRPO run by another path) from one that did."""
+    methods = [m for m in METHODS if any(m in cell for cell in finished.values())]
+    lines = ["| " + " | ".join(["cell", *methods]) + " |", "|---|" + "---|" * len(methods)]
+    for cell, runs in finished.items():
+        cells = []
+        for method in methods:
+            if method not in runs:
+                cells.append("")
+                continue
+            replayed = [[row.get("exgrpo/replayed_rows", 0.0) for row in s.train_rows] for s in runs[method]]
+            activity = "" if method == "grpo" else (f" ({np.mean([np.mean(r) for r in replayed]):.2f} rows; "
+                                                    f"{np.mean([sum(v > 0 for v in r) for r in replayed]):.0f} steps)")
+            cells.append(f"{np.mean([s.final_accuracy for s in runs[method]]):.3f}{activity}")
+        lines.append("| " + " | ".join([cell, *cells]) + " |")
+    return "\n".join(lines)
+
+
 def replayed_weight_share(token_fraction: float, shaped_weight_mean: float) -> float:
     """The replayed tokens' share of the policy loss's token weights, fresh tokens weighing 1 and
     replayed ones f(w) (advantages left out):  q f̄ / (q f̄ + 1 - q),  q the replayed token fraction."""
@@ -711,7 +731,9 @@ def render_tables(settings_text: str, starts: dict, finished: dict[str, dict[str
         if "exgrpo" in methods:
             plot_buckets(methods["exgrpo"][0], out / f"buckets_{slug}.png")
     parts += ["## Screening: every method in every cell (difference at equal rollouts / at equal compute)\n",
-              screening_table({cell: finished[cell] for cell in cells}), ""]
+              screening_table({cell: finished[cell] for cell in cells}), "",
+              "### Final held-out accuracy, and replayed rows a step (steps with any)\n",
+              screening_finals({cell: finished[cell] for cell in cells}), ""]
     parts += ["## Starting points (held-out, temperature 1)\n", "| start | accuracy | by level |", "|---|---|---|"]
     parts += [f"| {name} | {r['accuracy']:.3f} ± {r['standard_error']:.3f} | {r['by_level']} |" for name, r in starts.items()]
     text = "\n".join(parts) + "\n"

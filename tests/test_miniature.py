@@ -11,7 +11,8 @@ import pytest
 
 from exgrpo_verl.miniature import (
     REGIMES, RunSpec, RunSummary, StudySettings, comparison_table, compute_per_step, first_crossing, generated_rollouts_per_step,
-    interpolate, load_summaries, render_tables, run_overrides, save_summaries, screening_table, seed_differences, t_interval_95,
+    interpolate, load_summaries, render_tables, run_overrides, save_summaries, screening_finals,
+    screening_table, seed_differences, t_interval_95,
 )
 from exgrpo_verl.reward import compute_score
 from exgrpo_verl.tasks import arithmetic
@@ -151,6 +152,11 @@ def test_differences_are_paired_by_seed_at_each_budget():
     assert d["compute"] == pytest.approx([0.0])
     table = screening_table({"medium/release": {"grpo": grpo, "repo": costly}})
     assert table.splitlines()[2] == "| medium/release | 0.550 ± 0.071 (2 seeds) | +0.100 / +0.000 (1 seed) |"
+    # The finals table tells a strategy that replayed nothing from one that did.
+    for step, row in enumerate(costly[0].train_rows):
+        row["exgrpo/replayed_rows"] = 4.0 if step < 5 else 0.0  # 20 steps: 5 with 4 rows, a mean of 1
+    finals = screening_finals({"medium/release": {"grpo": grpo, "repo": costly}})
+    assert finals.splitlines()[2] == "| medium/release | 0.550 | 0.650 (0.50 rows; 2 steps) |"  # seed 2 replayed nothing
 
 
 def test_compute_counts_generation_old_log_probs_update_and_selection():
