@@ -464,9 +464,9 @@ def seed_differences(method_runs: list[RunSummary], baseline_runs: list[RunSumma
     return differences
 
 
-def _interval_cell(values: list[float]) -> str:
+def _interval_cell(values: list[float], name_single_seed: bool = True) -> str:
     if len(values) < 2:
-        return f"{values[0]:+.3f} (1 seed)" if values else "n/a"
+        return f"{values[0]:+.3f}{' (1 seed)' if name_single_seed else ''}" if values else "n/a"
     return "{:+.3f} ± {:.3f}".format(*t_interval_95(values))
 
 
@@ -499,9 +499,8 @@ def screening_table(finished: dict[str, dict[str, list[RunSummary]]], baseline: 
                 cells.append("")
                 continue
             d = seed_differences(runs[method], runs[baseline])
-            single = " (1 seed)"
-            pair = f"{_interval_cell(d['rollouts']).replace(single, '')} / {_interval_cell(d['compute']).replace(single, '')}"
-            cells.append(pair + (single if len(d["seed"]) == 1 else "") if d["seed"] else "")
+            pair = f"{_interval_cell(d['rollouts'], False)} / {_interval_cell(d['compute'], False)}"
+            cells.append(pair + (" (1 seed)" if len(d["seed"]) == 1 else "") if d["seed"] else "")
         base = _mean_std([s.final_accuracy for s in runs[baseline]])
         lines.append("| " + " | ".join([cell, f"{base} ({len(runs[baseline])} seed{'s' if len(runs[baseline]) > 1 else ''})", *cells]) + " |")
     return "\n".join(lines)

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from exgrpo_verl import miniature
-from exgrpo_verl.cpu_runtime import THREADS_ENV
+from exgrpo_verl.cpu_runtime import THREADS_ENV, rollout_threads
 from exgrpo_verl.miniature import REGIMES, STRATEGY_METHODS, RunSpec, StudySettings
 
 ABLATIONS = ["no_shaping", "carry_fresh", "random_trajectory", "uniform_questions", "no_delayed_start", "rho_0.25", "rho_0.75"]
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
         import torch
 
         os.environ.setdefault(THREADS_ENV, str(max(1, (os.cpu_count() or 1) // args.parallel)))
-        torch.set_num_threads(int(os.environ[THREADS_ENV]))  # this process's evaluations
+        torch.set_num_threads(rollout_threads())  # this process's evaluations (a bad value is refused here)
     if not args.report_only:
         submitted = {}
 
