@@ -197,6 +197,11 @@ def incompatible_verl_settings(config) -> list[str]:
                         + (" (in async modes prepare_step submits the next batch before the previous one trains, so "
                            "experience groups would train without their replayed rows)" if mode != "sync" else "")
                         + "; set trainer.v1.trainer_mode=exgrpo")
+    batch, mini_batch = select("data.train_batch_size"), select("actor_rollout_ref.actor.ppo_mini_batch_size")
+    if batch and mini_batch and batch % mini_batch:
+        problems.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={mini_batch} does not divide data.train_batch_size="
+                        f"{batch}: ExGRPO updates in train_batch_size / ppo_mini_batch_size mini-batches however many "
+                        "rows a strategy adds; set ppo_mini_batch_size to a divisor of train_batch_size")
     sync_step = select("trainer.v1.sync.parameter_sync_step", 1)
     if sync_step != 1:
         problems.append(f"trainer.v1.sync.parameter_sync_step={sync_step}: ExGRPO mixes one batch per update; set it to 1")

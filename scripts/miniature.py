@@ -14,6 +14,9 @@ the pieces). Runs use the release's settings (`+preset=release`) unless a plan s
                                                        # the results page's tables and plots from committed summaries
     python scripts/miniature.py --plan ablations --methods rho_0.25 rho_0.75 --steps 80 --out outputs/miniature/short
                                                        # some ablations only, on a shorter budget
+    python scripts/miniature.py --plan main --seeds 0 --batch 32 --steps 20 --out outputs/miniature/b32
+                                                       # B = 32 at the same generated rollouts (a study of its own:
+                                                       # the tables compare runs of one batch size)
 
 Every run checkpoints at 25/50/75/100% of its budget and resumes from its latest checkpoint, so
 the study can be stopped and started again; finished runs and evaluations are reused. After
@@ -61,6 +64,7 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="run only these methods of the plans")
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES), help="the screen plan's regimes")
     parser.add_argument("--steps", type=int, default=None, help="update steps per run (default: the study's 160)")
+    parser.add_argument("--batch", type=int, default=None, help="questions per step, B (default: the study's 8)")
     parser.add_argument("--out", default="outputs/miniature")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny warm start, 4 steps of 4 x 4")
     parser.add_argument("--report-only", action="store_true")
@@ -77,6 +81,8 @@ def main(argv=None) -> None:
         settings = replace(settings, batch=4, rollouts=4, steps=4, checkpoints=2, train_per_level=8, test_per_level=4, eval_samples=2)
     if args.steps:
         settings = replace(settings, steps=args.steps)
+    if args.batch:
+        settings = replace(settings, batch=args.batch)
     out = Path(args.out).resolve()
     runs = [run for plan in args.plan for run in plan_runs(plan, args.seeds, args.regimes)
             if args.methods is None or run.method in args.methods]

@@ -82,6 +82,19 @@ def test_exgrpo_metrics_are_logged(first_run):
     assert any(row["exgrpo/selection_tokens"] > 0 for row in replay_steps)
 
 
+def test_each_update_is_the_configured_mini_batch_and_the_setting_is_restored(first_run):
+    """ExGRPO keeps B x K rows, so verl's update is its configured one: one mini-batch of the whole
+    batch (ppo_mini_batch_size = B here), no padding; the trainer's per-call mini-batch size
+    (for batches a strategy enlarges) leaves the setting as configured."""
+    _, steps, observations = first_run
+    updates = [o for o in observations if o["kind"] == "update"]
+    assert [o["step"] for o in updates] == [row["step"] for row in steps]
+    for update, row in zip(updates, steps):
+        assert update["rows"] == update["mini_batch_rows"] == row["exgrpo/update_rows"] == BATCH * K
+        assert update["padding_rows"] == row["exgrpo/update_padding_rows"] == 0
+        assert update["ppo_mini_batch_size_after"] == BATCH
+
+
 def test_rollout_mismatch_metrics_count_fresh_rows_only(first_run):
     """With replay on, verl's rollout-vs-actor metrics are over fresh rows; its all-row values (which
     compare replayed rows' stored log-probs with the current actor) are kept as exgrpo/all_rows/*."""

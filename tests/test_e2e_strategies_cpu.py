@@ -53,6 +53,18 @@ def _compositions(observations):
     return [o for o in observations if o["kind"] == "composition"]
 
 
+def _assert_one_optimizer_step_each(observations, steps) -> None:
+    """The strategies that add rows update in the configured single mini-batch (B = ppo_mini_batch_size
+    here) however many rows they added (was: verl's padding to a second mini-batch), padded with
+    fewer no-op rows than one micro-batch (B x K rows in the CPU runtime)."""
+    updates = {o["step"]: o for o in observations if o["kind"] == "update"}  # a resumed run's file has both launches
+    for row in steps:
+        update = updates[row["step"]]
+        assert update["mini_batch_rows"] == update["rows"] == row["exgrpo/update_rows"]
+        assert update["rows"] - update["padding_rows"] == B * K + row["exgrpo/replayed_rows"]
+        assert update["padding_rows"] < B * K and update["ppo_mini_batch_size_after"] == B
+
+
 def _replay_report(steps) -> dict:
     """The figures the study compares strategies by, per step (mean over the run's steps)."""
     return {key: float(np.mean([row[f"exgrpo/{key}"] for row in steps]))
@@ -103,6 +115,7 @@ def test_repo_adds_m_rows_with_their_own_baseline_and_resumes_its_buffer(tiny_qw
             assert all(shares for _, _, shares in fresh) and not any(shares for _, _, shares in replayed)
             added += len(replayed)
     assert added == sum(row["exgrpo/replayed_rows"] for row in more) > 0
+    _assert_one_optimizer_step_each(observations, more)
     for row in first + more:
         assert row["exgrpo/generated_rollouts"] == B * K
 
@@ -123,6 +136,7 @@ def test_rlep_replays_a_frozen_earlier_run_with_one_baseline(fill_run, tiny_qwen
             assert all(reward == 1 for reward in replayed) and all(shares for _, _, shares in rows)
             replayed_total += len(replayed)
     assert replayed_total == sum(row["exgrpo/replayed_rows"] for row in steps) > 0
+    _assert_one_optimizer_step_each(observations, steps)
     # Frozen: the source is unchanged, and this run stores nothing of its own.
     assert ExperienceBuffer.load(source / "exgrpo" / "experience").metrics() == frozen.metrics()
     assert all(row["exgrpo/buffer/collected_total"] == 0 for row in steps)

@@ -105,6 +105,7 @@ def test_entry_point_refuses_bad_config_before_starting_anything(tiny_qwen2, cha
         ("actor_rollout_ref.rollout.multi_turn.enable", True, "multi_turn.enable=True"),
         ("trainer.v1.sync.parameter_sync_step", 2, "parameter_sync_step=2"),
         ("actor_rollout_ref.actor.grad_clip", 0.5, "set actor_rollout_ref.actor.optim.clip_grad=0.5 instead"),
+        ("actor_rollout_ref.actor.ppo_mini_batch_size", 48, "ppo_mini_batch_size=48 does not divide data.train_batch_size=128"),
     ],
 )
 def test_verl_options_exgrpo_would_defeat_are_refused(exgrpo_config, key, value, message):

@@ -1,6 +1,7 @@
 """The adapter's row conversions and ExGRPO's checkpoint state, on real verl row layouts."""
 
 import json
+import math
 import os
 import random
 import shutil
@@ -14,7 +15,7 @@ from exgrpo_verl.config import ExGRPOConfig, ExGRPOLossConfig
 from exgrpo_verl.experience import CheckpointError, ExperienceBuffer, ExperienceConfig, GroupResult
 from exgrpo_verl.verl_adapters import checkpoint
 from exgrpo_verl.verl_adapters.rows import build_replayed_row, group_results_from_step, replayed_row_tag
-from exgrpo_verl.verl_adapters.trainer import inference_micro_batch, question_positions
+from exgrpo_verl.verl_adapters.trainer import inference_micro_batch, question_positions, update_batch_multiple
 
 EOS = 2
 
@@ -312,3 +313,25 @@ def test_the_selection_pass_is_not_padded_to_a_whole_log_prob_micro_batch():
     assert inference_micro_batch(5, ranks=2, configured=64, dynamic=False) == 3  # 2 ranks x 3 rows >= 5
     assert inference_micro_batch(300, ranks=2, configured=64, dynamic=False) == 64
     assert inference_micro_batch(4, ranks=1, configured=64, dynamic=True) is None
+
+
+@pytest.mark.parametrize("batch, mini_batch, n, ranks, micro", [(8, 8, 8, 1, 8), (8, 8, 8, 1, 64), (128, 64, 8, 8, 4),
+                                                              (128, 32, 16, 4, None), (6, 3, 4, 2, 2)])
+def test_an_enlarged_batch_keeps_the_configured_number_of_mini_batches(batch, mini_batch, n, ranks, micro):
+    """The known defect (docs/strategies.md): verl pads to a multiple of its mini-batch, so 3 rows
+    beyond B x n became a second optimizer step. Padded to update_batch_multiple instead, any batch
+    splits into B / mini_batch mini-batches that verl's worker accepts (whole groups' worth of rows
+    per mini-batch, whole micro-batches per rank), with fewer padding rows than one such unit; a
+    batch of B x n rows is left as it is, as verl leaves it."""
+    mini_batches = batch // mini_batch
+    multiple = update_batch_multiple(n, ranks, micro, mini_batches)
+    assert (batch * n) % multiple == 0 and (batch * n) % math.lcm(ranks, mini_batch * n) == 0  # verl's multiple
+    for added in (0, 1, 3, 2 * n + 5):
+        rows = batch * n + added
+        padded = -(-rows // multiple) * multiple
+        per_mini_batch = padded // mini_batches
+        assert padded % mini_batches == 0 and per_mini_batch % n == 0  # ppo_mini_batch_size := per_mini_batch / n
+        assert (per_mini_batch // ranks) % (micro or 1) == 0 and per_mini_batch % ranks == 0
+        assert padded - rows < multiple
+        verl_mini_batches = -(-rows // (mini_batch * n))  # verl: padded to whole configured mini-batches
+        assert (verl_mini_batches > mini_batches) == (added > 0)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -123,6 +124,19 @@ def inference_micro_batch(rows: int, ranks: int, configured: int | None, dynamic
     if dynamic:
         return None
     return min(configured, -(-rows // ranks))
+
+
+def update_batch_multiple(group_size: int, ranks: int, micro_batch_per_rank: int | None, mini_batches: int) -> int:
+    """The multiple of rows verl pads a step's batch to (with its no-op rows) before the update:
+    `mini_batches` equal mini-batches, each divisible by the group size (verl's mini-batch is
+    ppo_mini_batch_size x n rows) and by ranks x micro-batch rows (verl splits a rank's share into
+    micro-batches of that size; None under token-budget micro-batches).
+
+    verl pads to a multiple of its configured mini-batch instead, which turns a batch that a
+    strategy enlarged (RePO and RLEP add rows) into one more optimizer step, on the rows beyond
+    the first mini-batch and verl's padding. For a batch of B x n rows both multiples leave it as
+    it is."""
+    return math.lcm(group_size, ranks * (micro_batch_per_rank or 1)) * mini_batches
 
 
 def _padded(nested: torch.Tensor) -> torch.Tensor:
@@ -384,6 +398,17 @@ class ExGRPOTrainer(PPOTrainerSync):
         rollout = self.config.actor_rollout_ref.rollout
         return ranks, inference_micro_batch(rows, ranks, rollout.log_prob_micro_batch_size_per_gpu, rollout.log_prob_use_dynamic_bsz)
 
+    def _get_required_batch_multiple(self, dp_size: int) -> int:
+        if not self.settings.enabled:
+            return super()._get_required_batch_multiple(dp_size)
+        actor = self.config.actor_rollout_ref.actor
+        micro = None if actor.use_dynamic_bsz else actor.ppo_micro_batch_size_per_gpu
+        return update_batch_multiple(self.group_size, dp_size, micro, self._actor_mini_batches)
+
+    @property
+    def _actor_mini_batches(self) -> int:
+        return self.config.data.train_batch_size // self.config.actor_rollout_ref.actor.ppo_mini_batch_size
+
     # ---- 3. stored behaviour log-probs for replayed rows -------------------------------------
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._compute_old_log_prob(batch, metrics)
@@ -403,6 +428,23 @@ class ExGRPOTrainer(PPOTrainerSync):
             stored = rows["rollout_log_probs"].to(rows["old_log_probs"].dtype)
             tq.kv_batch_put(keys=replayed, partition_id=batch.partition_id, fields=TensorDict({"old_log_probs": stored}, batch_size=len(replayed)))
         return batch
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """verl's update in the configured number of mini-batches whatever the batch's rows (see
+        update_batch_multiple). verl sizes the mini-batch from actor.ppo_mini_batch_size as it
+        sends the batch, so for this call that is the batch's rows / (mini-batches x n): the
+        configured value for a batch of B x n rows."""
+        if not self.settings.enabled:
+            return super()._update_actor(batch, metrics)
+        metrics["exgrpo/update_rows"] = len(batch)
+        metrics["exgrpo/update_padding_rows"] = sum(bool(tag.get("is_padding")) for tag in batch.tags)
+        actor = self.config.actor_rollout_ref.actor
+        configured = actor.ppo_mini_batch_size
+        actor.ppo_mini_batch_size = len(batch) // (self._actor_mini_batches * self.group_size)
+        try:
+            return super()._update_actor(batch, metrics)
+        finally:
+            actor.ppo_mini_batch_size = configured
 
     def _fresh_rollout_mismatch_metrics(self, batch: KVBatchMeta) -> dict:
         """verl's rollout-vs-actor metrics (training/rollout_probs_diff_*, rollout_actor_probs_pearson_corr)

@@ -91,6 +91,16 @@ class ObservedExGRPOTrainer(ExGRPOTrainer):
             _record("old_log_probs", step=self.global_steps, replayed_rows=len(keys), max_abs_diff=max(diffs))
         return batch
 
+    def _update_actor(self, batch, metrics):
+        batch = super()._update_actor(batch, metrics)
+        # What verl sent the worker (the mini-batch's rows it computed as it sent them), and the
+        # configured mini-batch after the call.
+        _record("update", step=self.global_steps, rows=len(batch.keys),
+                padding_rows=sum(bool(tag.get("is_padding")) for tag in batch.tags),
+                mini_batch_rows=batch.extra_info["mini_batch_size"],
+                ppo_mini_batch_size_after=self.config.actor_rollout_ref.actor.ppo_mini_batch_size)
+        return batch
+
     def _load_checkpoint(self):
         super()._load_checkpoint()
         if self.global_steps:
