@@ -46,6 +46,7 @@ test-all: $(STAMP)
 results: $(STAMP)
 	$(PY) scripts/miniature.py --from-summaries docs/results/miniature/summaries --out docs/results/miniature
 	$(PY) scripts/miniature.py --from-summaries docs/results/miniature/screen80/summaries --out docs/results/miniature/screen80
+	$(PY) scripts/miniature.py --from-summaries docs/results/miniature/b32/summaries --out docs/results/miniature/b32
 
 vllm-venv: $(VLLM_STAMP)
 
