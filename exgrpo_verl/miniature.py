@@ -577,6 +577,31 @@ def replay_diagnostics(summaries: dict[str, list[RunSummary]]) -> str:
     return "\n".join(lines)
 
 
+_VISIT_HISTOGRAMS = {"fresh groups": "exgrpo/buffer/question_fresh_visits/", "replays": "exgrpo/buffer/question_replays/"}
+
+
+def question_visits(summaries: dict[str, list[RunSummary]]) -> str | None:
+    """Markdown: at the end of each method's runs, how many questions had 1, 2, ... groups of fresh
+    rollouts and had their stored trajectories replayed 1, 2, ... times (the buffer's histograms,
+    mean over seeds), and the replays per replayed question. None when no run counted them (runs
+    from before the buffer kept per-question counts; strategies replaying a frozen set)."""
+    counted = {method: [s.train_rows[-1] for s in runs if any(k.startswith(_VISIT_HISTOGRAMS["replays"]) for k in s.train_rows[-1])]
+               for method, runs in summaries.items()}
+    counted = {method: rows for method, rows in counted.items() if rows}
+    if not counted:
+        return None
+    columns = [(kind, key) for kind, prefix in _VISIT_HISTOGRAMS.items()
+               for key in next(iter(counted.values()))[0] if key.startswith(prefix)]
+    lines = ["| method | seeds | " + " | ".join(f"{kind}: {key.rsplit('/', 1)[1]}" for kind, key in columns)
+             + " | replays per replayed question |", "|---|---|" + "---|" * (len(columns) + 1)]
+    for method, rows in counted.items():
+        replayed = [sum(row[key] for kind, key in columns if kind == "replays") for row in rows]
+        per_question = [row["exgrpo/buffer/replays_total"] / n for row, n in zip(rows, replayed) if n]
+        lines.append(f"| {method} | {len(rows)} | " + " | ".join(f"{np.mean([row[key] for row in rows]):.1f}" for _, key in columns)
+                     + f" | {_mean_std(per_question) if per_question else 'none replayed'} |")
+    return "\n".join(lines)
+
+
 def plot_accuracy_and_entropy(summaries: dict[str, list[RunSummary]], path: Path, title: str) -> Path:
     """Held-out accuracy and training entropy vs generated rollouts, mean over seeds with a ±1 std band."""
     import matplotlib
@@ -726,6 +751,9 @@ def render_tables(settings_text: str, starts: dict, finished: dict[str, dict[str
                 parts += [f"### {method} minus grpo, paired by seed (same data order)\n", paired_differences(methods, method), ""]
         if len(methods) > 1:
             parts += ["### What replay did\n", replay_diagnostics(methods), ""]
+        visits = question_visits(methods)
+        if visits:
+            parts += ["### Per-question visits by the end (questions per count; the buffer's counts)\n", visits, ""]
         plot_accuracy_and_entropy(methods, out / f"accuracy_{slug}.png", cell)
         if "exgrpo" in methods:
             plot_buckets(methods["exgrpo"][0], out / f"buckets_{slug}.png")

@@ -12,7 +12,7 @@ import pytest
 from exgrpo_verl.miniature import (
     REGIMES, RunSpec, RunSummary, StudySettings, comparison_table, compute_per_step, first_crossing, generated_rollouts_per_step,
     interpolate, load_summaries, render_tables, run_overrides, save_summaries, screening_finals,
-    screening_table, seed_differences, t_interval_95,
+    question_visits, screening_table, seed_differences, t_interval_95,
 )
 from exgrpo_verl.reward import compute_score
 from exgrpo_verl.tasks import arithmetic
@@ -128,6 +128,33 @@ def test_tables_regenerate_from_saved_summaries(tmp_path):
         load_summaries(tmp_path / "again")
 
 
+def test_question_visits_read_the_buffers_histograms_from_each_runs_last_row(tmp_path):
+    from exgrpo_verl.experience import ExperienceBuffer, ExperienceConfig, GroupResult
+
+    def final_buffer_row(replays_of_question_1: int) -> dict:
+        buf = ExperienceBuffer(ExperienceConfig(group_size=2, selection_metric="recent"))
+        for step in (1, 2):  # questions 1 and 2: two fresh groups each, one success stored per group
+            buf.update(step, [GroupResult(question_id=q, response_ids=[np.array([q, step])] * 2, log_probs=[np.zeros(2)] * 2,
+                                          rewards=np.array([1.0, 0.0]), ended_with_eos=np.ones(2, bool)) for q in (1, 2)])
+        for step in range(3, 3 + replays_of_question_1):
+            buf.mark_replayed([buf.select(1).id], step)
+        buf.mark_replayed([buf.select(2).id], 10)
+        return {f"exgrpo/buffer/{key}": value for key, value in buf.metrics().items()}
+
+    grpo = [_summary("grpo", [0.3, 0.4, 0.5], seed) for seed in (0, 1)]
+    exgrpo = [_summary("exgrpo", [0.3, 0.4, 0.5], seed) for seed in (0, 1)]
+    for run, replays in zip(exgrpo, (3, 9)):
+        run.train_rows[-1].update(final_buffer_row(replays))
+    table = question_visits({"grpo": grpo, "exgrpo": exgrpo})
+    header, _, row = table.splitlines()
+    assert header.startswith("| method | seeds | fresh groups: 1 | fresh groups: 2 | fresh groups: 3-4 | fresh groups: 5+ | replays: 1 |")
+    # 2 questions seen twice; question 2 replayed once, question 1 3 times (seed 0) and 9 times (seed 1)
+    assert row == "| exgrpo | 2 | 0.0 | 2.0 | 0.0 | 0.0 | 1.0 | 0.0 | 0.5 | 0.0 | 0.5 | 3.500 ± 2.121 |"
+    assert question_visits({"grpo": grpo}) is None  # runs without the counts get no table
+    text = render_tables("settings", {}, {"medium/release": {"grpo": grpo, "exgrpo": exgrpo}}, tmp_path)
+    assert "### Per-question visits by the end" in text
+
+
 def test_comparison_table_columns_are_the_evaluation_steps():
     """The demo evaluates at 2 checkpoints, the study at 4: each column is one checkpoint, named by its step."""
     summary = _summary
@@ -212,6 +239,8 @@ def test_quick_study_runs_grpo_and_exgrpo_through_verl_and_writes_tables(tmp_pat
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     tables = (tmp_path / "tables.md").read_text()
     assert "| grpo | 1 |" in tables and "| exgrpo | 1 |" in tables
+    visits = tables.split("### Per-question visits by the end")[1].split("###")[0]  # the buffer's counts reach the page
+    assert "| exgrpo | 1 |" in visits and "| grpo |" not in visits
     for name in ("accuracy_medium_release.png", "buckets_medium_release.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     evals = sorted((tmp_path / "runs" / "exgrpo-medium-release-s0" / "eval").glob("step_*.json"))

@@ -58,6 +58,9 @@ from .selection import select_index
 
 EVICTION_REASONS = ("question_cap", "token_cap", "max_age", "retired")
 BYTES_PER_TOKEN = 8  # int32 token id + float32 log-prob
+# Per-question visit counts are reported as how many questions fall in each bin (lower bounds).
+FRESH_VISIT_BINS = (1, 2, 3, 5)
+REPLAY_BINS = (1, 2, 3, 5, 9)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ class _Question:
     last_step: int
     bucket: int | None = None  # from the latest result, after the zero-accuracy policy
     traj_ids: list[int] = field(default_factory=list)  # collection order, oldest first
+    fresh_visits: int = 0  # groups of fresh rollouts it had (warm-up included); kept after retirement
+    replays: int = 0  # replays of its stored trajectories; kept after they are freed
     # Kept only while the question holds trajectories: they exist to rebuild a replay row.
     prompt_ids: np.ndarray | None = None
     payload: dict | None = None
@@ -116,6 +121,18 @@ def all_finite(values: np.ndarray) -> bool:
     """True iff every float32 value is finite, in one pass: their float64 sum is finite
     (finite float32 values cannot overflow it; any inf or NaN makes it inf or NaN)."""
     return math.isfinite(np.add.reduce(values, dtype=np.float64))
+
+
+def visit_histogram(name: str, counts: Sequence[int], lower_bounds: Sequence[int]) -> dict[str, int]:
+    """How many of `counts` fall in each bin [lower_bounds[i], lower_bounds[i+1]), the last bin
+    open: {"name/1": ..., "name/3-4": ..., "name/9+": ...}. Counts below the first bound (questions
+    never visited that way) are left out."""
+    edges = np.asarray(lower_bounds, dtype=np.int64)
+    per_bin = np.bincount(np.searchsorted(edges, np.asarray(counts, dtype=np.int64), side="right"),
+                          minlength=len(edges) + 1)[1:]
+    labels = [str(low) if high - low == 1 else f"{low}-{high - 1}" for low, high in zip(edges[:-1], edges[1:])]
+    labels.append(f"{edges[-1]}+")
+    return {f"{name}/{label}": int(count) for label, count in zip(labels, per_bin)}
 
 
 class ExperienceBuffer:
@@ -168,6 +185,7 @@ class ExperienceBuffer:
         k, n = group.num_correct, group.num_rollouts
         question = self._questions.setdefault(qid, _Question(question_id=qid, accuracy=k / n, last_step=self.step))
         question.accuracy, question.last_step = k / n, self.step
+        question.fresh_visits += 1
         if k == n:
             self._retire(qid, question)
             return
@@ -318,6 +336,7 @@ class ExperienceBuffer:
             self._replayed_stored += record.replay_count == 0
             record.replay_count += 1
             record.last_replayed_step = int(step)
+            self._questions[record.question_id].replays += 1
             self._counters["replays_total"] += 1
 
     def _view(self, record: _Stored) -> Trajectory:
@@ -373,6 +392,9 @@ class ExperienceBuffer:
             metrics[f"bucket/{bucket}"] = size
         for reason, count in self._evictions.items():
             metrics[f"evicted/{reason}"] = count
+        questions = self._questions.values()
+        metrics.update(visit_histogram("question_fresh_visits", [q.fresh_visits for q in questions], FRESH_VISIT_BINS))
+        metrics.update(visit_histogram("question_replays", [q.replays for q in questions], REPLAY_BINS))
         return {key: float(value) for key, value in metrics.items()}
 
     # ---- the experience log ------------------------------------------------------------------
@@ -489,9 +511,10 @@ class ExperienceBuffer:
         q = layout.from_columns(arrays, layout.QUESTION_COLUMNS)
         prompts = layout.from_ragged(arrays, layout.PROMPTS)
         layout.check(len(prompts) == len(q["question_id"]), f"{layout.PROMPTS.lengths}: one per question")
-        for qid, accuracy, last_step, bucket, prompt in zip(q["question_id"], q["accuracy"], q["last_step"],
-                                                            q["bucket"], prompts):
+        for qid, accuracy, last_step, bucket, fresh_visits, replays, prompt in zip(
+                q["question_id"], q["accuracy"], q["last_step"], q["bucket"], q["fresh_visits"], q["replays"], prompts):
             self._questions[qid] = _Question(question_id=qid, accuracy=accuracy, last_step=last_step, bucket=bucket,
+                                             fresh_visits=fresh_visits, replays=replays,
                                              prompt_ids=None if prompt is None else prompt.copy(),
                                              payload=payloads.get(qid))
 

@@ -20,12 +20,15 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Column:
-    """A record field saved as the array `name`; `none_as` is saved where the field is None."""
+    """A record field saved as the array `name`; `none_as` is saved where the field is None.
+    `missing_as`: the value of every record when the array is absent, for a column that
+    checkpoints of an older format version do not have (None: the array must be there)."""
 
     name: str
     field: str
     dtype: type
     none_as: float | int | None = None  # None: the field is never None
+    missing_as: float | int | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ QUESTION_COLUMNS = (
     Column("question_accuracy", "accuracy", np.float64),
     Column("question_last_step", "last_step", np.int64),
     Column("question_bucket", "bucket", np.int64, none_as=-1),
+    Column("question_fresh_visits", "fresh_visits", np.int64, missing_as=0),  # since format version 2
+    Column("question_replays", "replays", np.int64, missing_as=0),  # since format version 2
 )
 PROMPTS = Ragged("prompt_tokens", "question_prompt_length", np.int32)  # one per question, in question order
 POOL = Ragged("pool_members", "pool_sizes", np.int64)  # one per bucket 1..K-1
@@ -65,10 +70,15 @@ def to_columns(columns: Sequence[Column], records: Sequence) -> dict[str, np.nda
 
 
 def from_columns(arrays: dict[str, np.ndarray], columns: Sequence[Column]) -> dict[str, list]:
-    """Field name -> the column's values as Python objects (None restored); raises ValueError
-    if a column is missing, of another dtype or shape, or the columns differ in length."""
-    values = {c.field: array(arrays, c.name, c.dtype).tolist() for c in columns}
+    """Field name -> the column's values as Python objects (None restored; `missing_as` for an
+    absent column that has one); raises ValueError if a column without `missing_as` is missing,
+    if one is of another dtype or shape, or if the columns differ in length."""
+    values = {c.field: array(arrays, c.name, c.dtype).tolist() for c in columns
+              if c.missing_as is None or c.name in arrays}
     check(len({len(v) for v in values.values()}) <= 1, f"columns {', '.join(c.name for c in columns)} differ in length")
+    records = len(next(iter(values.values()), []))
+    for c in columns:
+        values.setdefault(c.field, [c.missing_as] * records)
     for c in columns:
         if c.none_as is not None:
             values[c.field] = [None if _is_stand_in(v, c.none_as) else v for v in values[c.field]]

@@ -35,7 +35,8 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 FORMAT_NAME = "exgrpo-experience"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-question visit counts (checkpoint_layout.py); version 1 reads with zero counts
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 LARGE_ARRAYS = ("tokens", "log_probs")  # one .npy each: written and read without a zip layer
 FILES = ("state.json", "tables.npz", "tokens.npy", "log_probs.npy")
@@ -237,9 +238,9 @@ def _read_manifest(path: Path) -> dict:
                               f"{RESUME_ADVICE}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise CheckpointError(f"experience checkpoint file {path}: not an {FORMAT_NAME} manifest. {RESUME_ADVICE}")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"experience checkpoint file {path}: format version {manifest.get('format_version')!r}, "
-                              f"but this code reads version {FORMAT_VERSION}. Load it with the exgrpo-verl version "
+                              f"but this code reads versions {', '.join(map(str, READABLE_VERSIONS))}. Load it with the exgrpo-verl version "
                               f"that wrote it, or start with a fresh buffer.")
     files = manifest.get("files")
     # We write the manifest in canonical form, so any change to its bytes shows up here.

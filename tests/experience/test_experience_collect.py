@@ -5,6 +5,7 @@ import pytest
 from experience_testkit import assert_same_state, group, partial_group
 
 from exgrpo_verl.experience import ExperienceBuffer, ExperienceConfig, GroupResult
+from exgrpo_verl.experience.buffer import visit_histogram
 from exgrpo_verl.experience.sampling import bucket_of
 
 
@@ -201,6 +202,30 @@ def test_mark_replayed_counts_replays_and_metrics_report_ages():
     with pytest.raises(ValueError, match="trajectory 999 is not stored"):
         buf.mark_replayed([traj.id, 999], 7)
     assert [c for c in buf.candidates(1) if c.id == traj.id][0].replay_count == 2  # nothing half-applied
+
+
+def test_per_question_visits_are_counted_and_outlive_the_trajectories():
+    buf = ExperienceBuffer(ExperienceConfig(group_size=4, selection_metric="recent"))
+    buf.update(1, [partial_group(1, 4, 2), partial_group(2, 4, 1), group(3, [0, 0, 0, 0])], store=False)  # warm-up
+    buf.update(2, [partial_group(1, 4, 2, tag=2), partial_group(2, 4, 1, tag=2)])
+    for step in (3, 4, 5):
+        buf.mark_replayed([buf.select(1).id], step)
+    buf.mark_replayed([buf.select(2).id], 5)
+    metrics = buf.metrics()
+    assert (metrics["question_fresh_visits/1"], metrics["question_fresh_visits/2"]) == (1, 2)  # 3 once; 1, 2 twice
+    assert (metrics["question_replays/1"], metrics["question_replays/3-4"]) == (1, 1)
+    assert metrics["question_replays/2"] == metrics["question_replays/5-8"] == metrics["question_replays/9+"] == 0
+    buf.update(6, [group(1, [1, 1, 1, 1])])  # solved: retired, its trajectories freed, its counts kept
+    metrics = buf.metrics()
+    assert buf.candidates(1) == [] and metrics["question_replays/3-4"] == 1 and metrics["question_fresh_visits/3-4"] == 1
+
+
+@pytest.mark.parametrize("counts, expected", [
+    ([], {"n/1": 0, "n/2": 0, "n/3-4": 0, "n/5+": 0}),
+    ([0, 0, 1, 2, 2, 3, 4, 5, 40], {"n/1": 1, "n/2": 2, "n/3-4": 2, "n/5+": 2}),
+])
+def test_visit_histogram_bins_by_lower_bounds_and_leaves_out_zero(counts, expected):
+    assert visit_histogram("n", counts, (1, 2, 3, 5)) == expected
 
 
 def test_metrics_report_pool_buckets_and_storage():

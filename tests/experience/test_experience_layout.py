@@ -49,6 +49,17 @@ def test_bad_columns_are_named(edit, message):
         layout.from_columns(arrays, COLUMNS)
 
 
+def test_a_column_newer_than_the_checkpoint_reads_as_its_missing_value():
+    columns = (*COLUMNS, layout.Column("r_visits", "visits", np.int64, missing_as=0))
+    arrays = layout.to_columns(COLUMNS, [Record(1, 0.0, 1), Record(2, 1.0, 2)])  # written without r_visits
+    assert layout.from_columns(arrays, columns)["visits"] == [0, 0]
+    arrays["r_visits"] = np.array([3, 4], dtype=np.int64)
+    assert layout.from_columns(arrays, columns)["visits"] == [3, 4]
+    arrays["r_visits"] = np.array([3], dtype=np.int64)
+    with pytest.raises(ValueError, match="differ in length"):
+        layout.from_columns(arrays, columns)
+
+
 def test_ragged_lengths_that_do_not_add_up_are_refused():
     arrays = layout.to_ragged(layout.POOL, [np.array([1, 2]), np.array([3])])
     arrays[layout.POOL.lengths][0] = 5

@@ -133,9 +133,28 @@ def rewrite_manifest(path: Path, **changes) -> None:
 
 def test_a_wrong_version_says_which_versions(pristine, tmp_path):
     path = copy_of(pristine, tmp_path)
-    rewrite_manifest(path, format_version=2)
+    rewrite_manifest(path, format_version=99)
     message = assert_load_fails_naming(path, "manifest.json")
-    assert "format version 2" in message and f"reads version {persistence.FORMAT_VERSION}" in message
+    assert "format version 99" in message and "reads versions 1, 2" in message
+
+
+def test_a_version_1_checkpoint_loads_with_zero_visit_counts(pristine, tmp_path):
+    """Version 1 (before per-question visit counts) had no visit columns; everything else is the same."""
+    path = copy_of(pristine, tmp_path)
+    with np.load(path / "tables.npz", allow_pickle=False) as tables:
+        old = {name: tables[name] for name in tables.files if name not in ("question_fresh_visits", "question_replays")}
+    assert len(old) == len(np.load(path / "tables.npz").files) - 2
+    np.savez(path / "tables.npz", **old)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["tables.npz"] = {"bytes": (path / "tables.npz").stat().st_size,
+                                       "sha256": persistence._sha256(path / "tables.npz")}
+    rewrite_manifest(path, format_version=1, files=manifest["files"])
+    saved, loaded = ExperienceBuffer.load(pristine), ExperienceBuffer.load(path)
+    assert saved.metrics()["question_replays/1"] + saved.metrics()["question_replays/2"] > 0  # the counts were there
+    counts = [key for key in saved.metrics() if key.startswith(("question_replays/", "question_fresh_visits/"))]
+    assert counts and all(loaded.metrics()[key] == 0 for key in counts)
+    assert {k: v for k, v in loaded.metrics().items() if k not in counts} == \
+        {k: v for k, v in saved.metrics().items() if k not in counts}
 
 
 def test_a_foreign_manifest_or_no_directory_is_refused(pristine, tmp_path):
