@@ -580,26 +580,74 @@ def replay_diagnostics(summaries: dict[str, list[RunSummary]]) -> str:
 _VISIT_HISTOGRAMS = {"fresh groups": "exgrpo/buffer/question_fresh_visits/", "replays": "exgrpo/buffer/question_replays/"}
 
 
+def _visit_counts(summaries: dict[str, list[RunSummary]]) -> tuple[dict[str, list[dict]], list[tuple[str, str]], set[str]]:
+    """({method: the last training row of each run that counted per-question visits}, the
+    histogram columns as (kind, metric key), the methods whose replays the buffer counted).
+    Runs from before the buffer kept the counts have none. A strategy replaying a frozen set
+    (RLEP) counts its fresh groups but not its replays: those are trajectories of another buffer,
+    which shows as a replay total short of the replayed rows the run logged."""
+    counted, replays_counted = {}, set()
+    for method, runs in summaries.items():
+        runs = [s for s in runs if any(k.startswith(_VISIT_HISTOGRAMS["replays"]) for k in s.train_rows[-1])]
+        if runs:
+            counted[method] = [s.train_rows[-1] for s in runs]
+            if all(s.train_rows[-1]["exgrpo/buffer/replays_total"] == sum(row.get("exgrpo/replayed_rows", 0.0) for row in s.train_rows)
+                   for s in runs):
+                replays_counted.add(method)
+    columns = [(kind, key) for kind, prefix in _VISIT_HISTOGRAMS.items()
+               for key in (next(iter(counted.values()))[0] if counted else {}) if key.startswith(prefix)]
+    return counted, columns, replays_counted
+
+
 def question_visits(summaries: dict[str, list[RunSummary]]) -> str | None:
     """Markdown: at the end of each method's runs, how many questions had 1, 2, ... groups of fresh
     rollouts and had their stored trajectories replayed 1, 2, ... times (the buffer's histograms,
-    mean over seeds), and the replays per replayed question. None when no run counted them (runs
-    from before the buffer kept per-question counts; strategies replaying a frozen set)."""
-    counted = {method: [s.train_rows[-1] for s in runs if any(k.startswith(_VISIT_HISTOGRAMS["replays"]) for k in s.train_rows[-1])]
-               for method, runs in summaries.items()}
-    counted = {method: rows for method, rows in counted.items() if rows}
+    mean over seeds), and the replays per replayed question. None when no run counted them."""
+    counted, columns, replays_counted = _visit_counts(summaries)
     if not counted:
         return None
-    columns = [(kind, key) for kind, prefix in _VISIT_HISTOGRAMS.items()
-               for key in next(iter(counted.values()))[0] if key.startswith(prefix)]
     lines = ["| method | seeds | " + " | ".join(f"{kind}: {key.rsplit('/', 1)[1]}" for kind, key in columns)
              + " | replays per replayed question |", "|---|---|" + "---|" * (len(columns) + 1)]
     for method, rows in counted.items():
+        if method not in replays_counted:
+            cells = [f"{np.mean([row[key] for row in rows]):.1f}" if kind != "replays" else "-" for kind, key in columns]
+            lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " | not counted (replays another run's buffer) |")
+            continue
         replayed = [sum(row[key] for kind, key in columns if kind == "replays") for row in rows]
         per_question = [row["exgrpo/buffer/replays_total"] / n for row, n in zip(rows, replayed) if n]
         lines.append(f"| {method} | {len(rows)} | " + " | ".join(f"{np.mean([row[key] for row in rows]):.1f}" for _, key in columns)
                      + f" | {_mean_std(per_question) if per_question else 'none replayed'} |")
     return "\n".join(lines)
+
+
+def plot_question_visits(summaries: dict[str, list[RunSummary]], path: Path, title: str) -> Path | None:
+    """Bars: questions per count of fresh groups and of replays at the end of the runs (mean over
+    seeds), one bar per method; None (no plot) when no run counted them."""
+    counted, columns, replays_counted = _visit_counts(summaries)
+    if not counted:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(_VISIT_HISTOGRAMS), figsize=(12, 4))
+    for ax, kind in zip(axes, _VISIT_HISTOGRAMS):
+        keys = [key for k, key in columns if k == kind]
+        width = 0.8 / len(counted)
+        for i, (method, rows) in enumerate(counted.items()):
+            if kind == "replays" and method not in replays_counted:
+                continue
+            ax.bar(np.arange(len(keys)) + i * width, [np.mean([row[key] for row in rows]) for key in keys], width,
+                   label=f"{method} ({len(rows)} seed{'s' if len(rows) > 1 else ''})")
+        ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [key.rsplit("/", 1)[1] for key in keys])
+        ax.set(title=f"{kind} per question ({title})", xlabel=kind, ylabel="questions")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_accuracy_and_entropy(summaries: dict[str, list[RunSummary]], path: Path, title: str) -> Path:
@@ -753,7 +801,9 @@ def render_tables(settings_text: str, starts: dict, finished: dict[str, dict[str
             parts += ["### What replay did\n", replay_diagnostics(methods), ""]
         visits = question_visits(methods)
         if visits:
-            parts += ["### Per-question visits by the end (questions per count; the buffer's counts)\n", visits, ""]
+            plot = plot_question_visits(methods, out / f"visits_{slug}.png", cell)
+            parts += ["### Per-question visits by the end (questions per count; the buffer's counts)\n", visits, "",
+                      f"![per-question visits]({plot.name})", ""]
         plot_accuracy_and_entropy(methods, out / f"accuracy_{slug}.png", cell)
         if "exgrpo" in methods:
             plot_buckets(methods["exgrpo"][0], out / f"buckets_{slug}.png")

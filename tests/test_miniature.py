@@ -145,14 +145,19 @@ def test_question_visits_read_the_buffers_histograms_from_each_runs_last_row(tmp
     exgrpo = [_summary("exgrpo", [0.3, 0.4, 0.5], seed) for seed in (0, 1)]
     for run, replays in zip(exgrpo, (3, 9)):
         run.train_rows[-1].update(final_buffer_row(replays))
-    table = question_visits({"grpo": grpo, "exgrpo": exgrpo})
-    header, _, row = table.splitlines()
+        run.train_rows[-1]["exgrpo/replayed_rows"] = replays + 1.0  # the rows the trainer logged: all the buffer's
+    rlep = [_summary("rlep", [0.3, 0.4, 0.5])]  # replays a frozen set: its rows are not this buffer's replays
+    rlep[0].train_rows[-1].update(final_buffer_row(0), **{"exgrpo/replayed_rows": 5.0})
+    table = question_visits({"grpo": grpo, "exgrpo": exgrpo, "rlep": rlep})
+    header, _, row, frozen = table.splitlines()
+    assert frozen == "| rlep | 1 | 0.0 | 2.0 | 0.0 | 0.0 | - | - | - | - | - | not counted (replays another run's buffer) |"
     assert header.startswith("| method | seeds | fresh groups: 1 | fresh groups: 2 | fresh groups: 3-4 | fresh groups: 5+ | replays: 1 |")
     # 2 questions seen twice; question 2 replayed once, question 1 3 times (seed 0) and 9 times (seed 1)
     assert row == "| exgrpo | 2 | 0.0 | 2.0 | 0.0 | 0.0 | 1.0 | 0.0 | 0.5 | 0.0 | 0.5 | 3.500 ± 2.121 |"
     assert question_visits({"grpo": grpo}) is None  # runs without the counts get no table
     text = render_tables("settings", {}, {"medium/release": {"grpo": grpo, "exgrpo": exgrpo}}, tmp_path)
-    assert "### Per-question visits by the end" in text
+    assert "### Per-question visits by the end" in text and "![per-question visits](visits_medium_release.png)" in text
+    assert (tmp_path / "visits_medium_release.png").stat().st_size > 10_000
 
 
 def test_comparison_table_columns_are_the_evaluation_steps():
